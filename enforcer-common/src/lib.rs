@@ -1,0 +1,351 @@
+//! The ABI between the enforcer's kernel programs (`enforcer-ebpf`) and its daemon (`enforcer`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so that keys hash the same on both sides
+//! and the verifier never reads uninitialised bytes. Sizes and offsets are checked at compile time.
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), in network byte
+//! order, so one set of maps serves both families.
+//!
+//! Every policy key carries a `slot` (0 or 1). The kernel reads the active slot once per decision
+//! from [`ACTIVE_SLOT`](maps::ACTIVE_SLOT), so user space can write a whole new policy into the other
+//! slot and switch in one store: no decision ever sees half of two policies.
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Names of the maps declared by `enforcer-ebpf`, as user space looks them up.
+pub mod maps {
+    /// `Array<u32>`, one entry: the slot (0 or 1) that holds the policy in force.
+    pub const ACTIVE_SLOT: &str = "ACTIVE_SLOT";
+    /// `Array<SlotConfig>`, one entry per slot.
+    pub const SLOT_CONFIG: &str = "SLOT_CONFIG";
+    /// `HashMap<CgroupKey, u32>`: cgroup v2 id → local identity.
+    pub const CGROUP_IDENTITY: &str = "CGROUP_IDENTITY";
+    /// `HashMap<AddrKey, AddrValue>`: exact host addresses (nodes, this node's own addresses).
+    pub const ADDR_EXACT: &str = "ADDR_EXACT";
+    /// `LpmTrie<AddrLpmData, AddrValue>`: CIDRs of peers and loopback.
+    pub const ADDR_CIDR: &str = "ADDR_CIDR";
+    /// `HashMap<IdentityKey, IdentityInfo>`: segment membership and mode of each identity.
+    pub const IDENTITY_INFO: &str = "IDENTITY_INFO";
+    /// `LpmTrie<RuleLpmData, RuleValue>`: resolved verdicts per identity pair, protocol and port block.
+    pub const RULES: &str = "RULES";
+    /// `PerCpuArray<u64>` indexed by [`counter`](crate::counter).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `RingBuf` of [`FlowEvent`](crate::FlowEvent).
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
+/// half-way.
+pub mod capacity {
+    pub const CGROUPS: u32 = 65_536;
+    pub const ADDR_EXACT: u32 = 16_384;
+    pub const ADDR_CIDR: u32 = 16_384;
+    pub const IDENTITIES: u32 = 8_192;
+    pub const RULES: u32 = 262_144;
+    /// Ring buffer size in bytes (a power of two multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// Reserved numeric identities. Identities of policy tables start at [`identity::FIRST_TABLE`].
+pub mod identity {
+    /// Never assigned: the kernel treats it as "could not resolve" and fails closed.
+    pub const UNKNOWN: u32 = 0;
+    /// `@host`: local processes that no table claims.
+    pub const HOST: u32 = 1;
+    /// `@world`: addresses that no table claims.
+    pub const WORLD: u32 = 2;
+    /// The first identity handed to a `node`, `workload` or `peer` table.
+    pub const FIRST_TABLE: u32 = 256;
+}
+
+/// Protocol numbers as used in [`RuleLpmData::protocol`]. ICMPv6 echo is folded into [`ICMP`](protocol::ICMP)
+/// because the policy's `icmp` term means both.
+pub mod protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    /// Any other protocol: only the `any` port term covers it.
+    pub const OTHER: u8 = 255;
+}
+
+/// Indexes into the per-CPU [`COUNTERS`](maps::COUNTERS) array. Every verdict path bumps exactly one
+/// verdict counter; error paths bump their own counter as well as [`DENIED`](counter::DENIED).
+pub mod counter {
+    pub const ALLOWED: u32 = 0;
+    pub const DENIED: u32 = 1;
+    pub const AUDITED: u32 = 2;
+    /// Allowed only because the destination port is a failsafe inbound port.
+    pub const FAILSAFE: u32 = 3;
+    /// No active slot or slot config: no policy loaded. Fails closed.
+    pub const ERR_NO_POLICY: u32 = 4;
+    /// Neither the process's cgroup nor any ancestor has an identity. Fails closed.
+    pub const ERR_NO_CGROUP_IDENTITY: u32 = 5;
+    /// The socket's address family is neither IPv4 nor IPv6. Fails closed.
+    pub const ERR_BAD_FAMILY: u32 = 6;
+    /// An event could not be reserved in the ring buffer: it was lost, the verdict still applied.
+    pub const EVENTS_LOST: u32 = 7;
+    pub const COUNT: u32 = 8;
+
+    /// Human-readable names, indexed like the counters.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "allowed",
+        "denied",
+        "audited",
+        "failsafe",
+        "err_no_policy",
+        "err_no_cgroup_identity",
+        "err_bad_family",
+        "events_lost",
+    ];
+}
+
+/// Key of [`CGROUP_IDENTITY`](maps::CGROUP_IDENTITY).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CgroupKey {
+    /// The cgroup v2 id (the inode number of the cgroup's directory).
+    pub cgroup_id: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`ADDR_EXACT`](maps::ADDR_EXACT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrKey {
+    pub slot: u32,
+    /// Network byte order; IPv4 is IPv4-mapped.
+    pub addr: [u8; 16],
+}
+
+/// Data of an [`ADDR_CIDR`](maps::ADDR_CIDR) LPM key. The prefix length covers the 32 bits of
+/// `slot` and then the address bits (IPv4 prefixes are offset by the 96 bits of the mapping).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrLpmData {
+    pub slot: u32,
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits of [`AddrLpmData`] that precede the address.
+pub const ADDR_LPM_SLOT_BITS: u32 = 32;
+
+/// Value of both address maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrValue {
+    pub identity: u32,
+    /// [`ADDR_LOCAL`] when the address belongs to this node (its own addresses, loopback).
+    pub flags: u32,
+}
+
+/// The address belongs to this node: the peer is a local process, not a remote host.
+pub const ADDR_LOCAL: u32 = 1;
+
+/// Key of [`IDENTITY_INFO`](maps::IDENTITY_INFO).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityKey {
+    pub slot: u32,
+    pub identity: u32,
+}
+
+/// Value of [`IDENTITY_INFO`](maps::IDENTITY_INFO): what step 4 of the decision needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityInfo {
+    /// [`IDENTITY_SEGMENTED`], [`IDENTITY_MODE_AUDIT`], [`IDENTITY_MODE_ENFORCE`].
+    pub flags: u32,
+    /// Index of the first segment (policy order) this identity is a member of; the default-deny
+    /// rule id reported when it is isolated.
+    pub segment: u32,
+}
+
+/// The identity is a member of at least one segment: default deny applies to it.
+pub const IDENTITY_SEGMENTED: u32 = 1;
+/// One of its segments says `mode = "audit"`.
+pub const IDENTITY_MODE_AUDIT: u32 = 2;
+/// One of its segments says `mode = "enforce"` (and none says audit).
+pub const IDENTITY_MODE_ENFORCE: u32 = 4;
+
+/// Data of a [`RULES`](maps::RULES) LPM key. Every field but `port_be` is always matched in full;
+/// the prefix then covers the high bits of the port, which is why it is big-endian and last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleLpmData {
+    pub slot: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// One of [`protocol`]'s constants (ICMPv6 folded into ICMP).
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Destination port, network byte order (0 for ICMP).
+    pub port_be: u16,
+}
+
+/// Prefix bits of [`RuleLpmData`] that precede the port.
+pub const RULE_LPM_FIXED_BITS: u32 = 112;
+
+/// Value of [`RULES`](maps::RULES): a verdict already resolved in user space (deny over allow,
+/// failsafe over both), so the kernel needs one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleValue {
+    /// Index of the deciding rule in the compiled policy's rule table.
+    pub rule_id: u32,
+    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
+    pub verdict: u8,
+    /// [`RULE_AUDIT`], [`RULE_FAILSAFE`].
+    pub flags: u8,
+    pub _pad: u16,
+}
+
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+/// Only on [`FlowEvent::verdict`]: denied by policy but let through because the mode is audit.
+pub const VERDICT_AUDIT: u8 = 3;
+
+/// The denial is in audit mode: let the connection through and report it.
+pub const RULE_AUDIT: u8 = 1;
+/// Allowed by the failsafe inbound ports, not by a rule.
+pub const RULE_FAILSAFE: u8 = 2;
+
+/// Value of [`SLOT_CONFIG`](maps::SLOT_CONFIG).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotConfig {
+    /// Policy generation written into this slot; carried on events so user space attributes them
+    /// to the policy that decided.
+    pub generation: u32,
+    /// [`CONFIG_AUDIT`] when `settings.mode = "audit"`.
+    pub flags: u32,
+    /// Identity of a local peer reached through a local address (this node's `node` table, or
+    /// `@host`).
+    pub local_identity: u32,
+    pub _pad: u32,
+}
+
+pub const CONFIG_AUDIT: u32 = 1;
+
+/// Which hook produced an event.
+pub mod hook {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+}
+
+/// Why a connection was denied (or audited).
+pub mod reason {
+    /// A `deny` rule matched; `rule_id` names it.
+    pub const RULE: u8 = 1;
+    /// Default deny of a segment member; `rule_id` is the segment's index.
+    pub const DEFAULT_DENY: u8 = 2;
+    /// The kernel could not resolve the local identity and failed closed.
+    pub const UNRESOLVED: u8 = 3;
+}
+
+/// Version of [`FlowEvent`]'s layout; bump on any change.
+pub const FLOW_EVENT_VERSION: u16 = 1;
+
+/// One denied or audited connection attempt, written to [`EVENTS`](maps::EVENTS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// [`FLOW_EVENT_VERSION`].
+    pub version: u16,
+    /// One of [`hook`]'s constants.
+    pub hook: u8,
+    /// [`VERDICT_DENY`] or [`VERDICT_AUDIT`].
+    pub verdict: u8,
+    /// One of [`reason`]'s constants.
+    pub reason: u8,
+    /// IANA protocol number as the socket has it (ICMPv6 is not folded here).
+    pub protocol: u8,
+    /// 4 or 6: the IP version on the wire (IPv4-mapped destinations are 4).
+    pub ip_version: u8,
+    pub _pad0: u8,
+    pub generation: u32,
+    pub rule_id: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Thread group id of the process that opened the connection.
+    pub pid: u32,
+    pub uid: u32,
+    /// Host byte order; 0 when the kernel had not bound a source port yet.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    pub _pad1: u32,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub boot_ns: u64,
+    /// Network byte order; IPv4-mapped; all zero when the socket had no source address yet.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = {
+    assert!(size_of::<CgroupKey>() == 16);
+    assert!(size_of::<AddrKey>() == 20);
+    assert!(size_of::<AddrLpmData>() == 20);
+    assert!(size_of::<AddrValue>() == 8);
+    assert!(size_of::<IdentityKey>() == 8);
+    assert!(size_of::<IdentityInfo>() == 8);
+    assert!(size_of::<RuleLpmData>() == 16);
+    assert!(offset_of!(RuleLpmData, port_be) * 8 == RULE_LPM_FIXED_BITS as usize);
+    assert!(offset_of!(AddrLpmData, addr) * 8 == ADDR_LPM_SLOT_BITS as usize);
+    assert!(size_of::<RuleValue>() == 8);
+    assert!(size_of::<SlotConfig>() == 16);
+    assert!(offset_of!(FlowEvent, generation) == 8);
+    assert!(offset_of!(FlowEvent, cgroup_id) == 40);
+    assert!(offset_of!(FlowEvent, src_addr) == 56);
+    assert!(size_of::<FlowEvent>() == 104);
+};
+
+/// Maps an IPv4 address (network-order octets) to the 16-byte form every map uses.
+#[must_use]
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// Whether a 16-byte address is IPv4-mapped.
+#[must_use]
+pub fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        AddrKey, AddrLpmData, AddrValue, CgroupKey, FlowEvent, IdentityInfo, IdentityKey,
+        RuleLpmData, RuleValue, SlotConfig,
+    };
+
+    // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has its
+    // padding spelled out as fields (checked by the size asserts above), so any bit pattern is valid.
+    unsafe impl aya::Pod for CgroupKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrLpmData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IdentityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IdentityInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RuleLpmData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RuleValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SlotConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEvent {}
+}

@@ -1,0 +1,1 @@
+//! Compiles a policy and its identities into the desired state of the kernel maps. Pure.

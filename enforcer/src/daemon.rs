@@ -1,0 +1,1 @@
+//! The daemon: wires policy, identities, datapath and events together.

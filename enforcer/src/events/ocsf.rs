@@ -1,0 +1,1 @@
+//! OCSF 1.1.0 Network Activity rendering of [`FlowRecord`](super::FlowRecord)s.

@@ -1,0 +1,82 @@
+//! The enriched form of a kernel [`FlowEvent`](enforcer_common::FlowEvent): everything a sink needs,
+//! resolved against the policy that decided.
+
+use std::{net::IpAddr, time::SystemTime};
+
+use crate::policy::{Labels, Mode};
+
+/// What happened to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Refused by the kernel.
+    Denied,
+    /// Would have been refused; let through because the effective mode is audit.
+    Audited,
+}
+
+/// One end of the connection, resolved to its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowEndpoint {
+    pub ip: IpAddr,
+    /// `None` for ICMP.
+    pub port: Option<u16>,
+    /// The identity's table name, or an entity (`@host`, `@world`).
+    pub name: String,
+    pub labels: Labels,
+    /// The identity is `@world`.
+    pub is_world: bool,
+    /// The identity is a member of at least one segment.
+    pub segmented: bool,
+}
+
+/// The process that opened the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowProcess {
+    pub pid: u32,
+    /// The kernel's `comm`.
+    pub name: String,
+    /// `/proc/PID/cmdline` joined by spaces, when still readable.
+    pub cmd_line: Option<String>,
+    pub uid: u32,
+}
+
+/// The rule (or default) that decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRule {
+    /// `file:line` of the rule, or `default-deny:<segment>`.
+    pub uid: String,
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// The enforcing node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowNode {
+    pub hostname: String,
+    /// The node knows it runs in a virtual machine.
+    pub is_virtual: bool,
+}
+
+/// A denied or audited connection attempt, ready for a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub time: SystemTime,
+    pub verdict: Verdict,
+    /// IANA protocol number as the socket had it (6, 17, 1, 58, …).
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// This node opened the connection (egress); `false` when it arrived here.
+    pub outbound: bool,
+    pub src: FlowEndpoint,
+    pub dst: FlowEndpoint,
+    pub process: Option<FlowProcess>,
+    pub rule: FlowRule,
+    /// Content hash of the policy in force.
+    pub policy_version: String,
+    /// The effective mode of the decision.
+    pub mode: Mode,
+    pub node: FlowNode,
+    /// How many identical attempts this record stands for.
+    pub count: u32,
+}

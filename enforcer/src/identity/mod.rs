@@ -1,0 +1,1 @@
+//! Identities: labels → small numeric ids; workload cgroup globs → local identities.

@@ -1,0 +1,1 @@
+//! Where events go: JSON lines to stdout or a file.
