@@ -85,7 +85,10 @@ pub mod counter {
     pub const ERR_BAD_FAMILY: u32 = 6;
     /// An event could not be reserved in the ring buffer: it was lost, the verdict still applied.
     pub const EVENTS_LOST: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// An identity has no [`IdentityInfo`](crate::IdentityInfo) entry: the maps are inconsistent.
+    /// Fails closed.
+    pub const ERR_NO_IDENTITY_INFO: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -97,6 +100,7 @@ pub mod counter {
         "err_no_cgroup_identity",
         "err_bad_family",
         "events_lost",
+        "err_no_identity_info",
     ];
 }
 

@@ -1,1 +1,57 @@
-//! Command-line interface.
+//! Command-line interface: `enforcer check`, `enforcer compile`, `enforcer run`.
+
+mod check;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use self::check::summary;
+
+/// eBPF host microsegmentation enforcer.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a policy directory and summarise what it compiles to.
+    Check {
+        /// The policy directory (every *.toml below it).
+        dir: PathBuf,
+        /// Compile as this node (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Print every map entry the policy compiles to on a node.
+    Compile {
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Enforce a policy on this node until SIGINT/SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The policy directory.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Which `[[node]]` this machine is (default: the hostname).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The cgroup v2 directory to enforce below; workload globs are relative to it (default: the
+    /// cgroup2 mount point).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where OCSF JSON lines go: a file (appended) or `-` for standard output.
+    #[arg(long, default_value = "-")]
+    pub events: String,
+    /// A file to create once the policy is enforced (for supervisors and tests).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}

@@ -1,1 +1,496 @@
-//! Compiles a policy and its identities into the desired state of the kernel maps. Pure.
+//! Compiles a policy and its identities into the desired state of the kernel maps. Pure: no aya,
+//! no I/O, deterministic (golden-tested).
+//!
+//! Rules are resolved here, not in the kernel: for every (source identity, destination identity,
+//! protocol) the overlapping allow, deny and failsafe claims are cut into disjoint port intervals
+//! with one winner each, and each interval becomes a few prefix-aligned LPM entries. The kernel
+//! then needs exactly one rule lookup per connection, and a miss means "no rule": default deny for
+//! segment members, allow otherwise.
+#![forbid(unsafe_code)]
+
+mod dump;
+mod ports;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use enforcer_common::{
+    ADDR_LOCAL, AddrValue, CONFIG_AUDIT, IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE,
+    IDENTITY_SEGMENTED, IdentityInfo, RULE_AUDIT, RULE_FAILSAFE, RuleValue, SlotConfig,
+    VERDICT_ALLOW, VERDICT_DENY, capacity, identity, ipv4_mapped, protocol,
+};
+use ipnet::IpNet;
+
+pub use self::ports::{Claim, PortBlock, blocks, resolve};
+use crate::{
+    identity::Identities,
+    policy::{Action, Endpoint, Entity, Mode, Policy, PortTerm, Protocol, Rule},
+};
+
+/// An address prefix in the 128-bit space every address map uses (IPv4 is IPv4-mapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrPrefix {
+    pub addr: [u8; 16],
+    /// 0 to 128.
+    pub bits: u8,
+}
+
+/// One entry of the rules map, without the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleKey {
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// One of `enforcer_common::protocol`'s constants.
+    pub protocol: u8,
+    pub ports: PortBlock,
+}
+
+/// What the kernel maps should hold for one policy, without the slot it will be written to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// `generation` is left 0: the datapath stamps it when it writes the slot.
+    pub config: SlotConfig,
+    pub addr_exact: BTreeMap<[u8; 16], AddrValue>,
+    pub addr_cidr: BTreeMap<AddrPrefix, AddrValue>,
+    pub identity_info: BTreeMap<u32, IdentityInfo>,
+    pub rules: BTreeMap<RuleKey, RuleValue>,
+}
+
+/// What events need to explain a `rule_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// `file:line`, or `settings:failsafe_inbound`.
+    pub uid: String,
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// Something legal but worth an operator's attention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompileWarning {
+    /// A deny rule would close a failsafe inbound port; the failsafe wins.
+    FailsafeOverridesDeny { rule: String, port: String },
+}
+
+impl fmt::Display for CompileWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FailsafeOverridesDeny { rule, port } => write!(
+                f,
+                "{rule}: the failsafe inbound port {port} overrides this deny rule for local destinations"
+            ),
+        }
+    }
+}
+
+/// Errors compiling a valid policy: it does not fit the kernel maps.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("the policy needs {needed} entries in map {map}, which holds {capacity}")]
+    TooLarge {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+}
+
+/// A compiled policy: the desired map state plus what explains its ids.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub state: DesiredState,
+    /// Indexed by `RuleValue::rule_id`: the policy's rules in order, then the failsafe.
+    pub rules: Vec<RuleRef>,
+    /// Segment names, indexed by `IdentityInfo::segment`.
+    pub segments: Vec<String>,
+    /// Members of each segment, in segment order.
+    pub members: Vec<BTreeSet<u32>>,
+    pub warnings: Vec<CompileWarning>,
+    /// The policy's content hash.
+    pub version: String,
+}
+
+const PRIORITY_ALLOW: u8 = 1;
+const PRIORITY_DENY: u8 = 2;
+const PRIORITY_FAILSAFE: u8 = 3;
+
+/// The decision attached to a port interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Outcome {
+    rule_id: u32,
+    verdict: u8,
+    failsafe: bool,
+}
+
+/// Compiles `policy` as seen by the node `identities` was built for.
+///
+/// # Errors
+/// When the result would not fit the kernel maps.
+pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolicy, CompileError> {
+    let members = segment_members(policy, identities);
+    let identity_info = identity_info(policy, identities, &members);
+    let global_audit = policy.settings.mode == Mode::Audit;
+
+    let mut rule_refs: Vec<RuleRef> = policy.rules.iter().map(|r| rule_ref(policy, r)).collect();
+    let failsafe_id = u32::try_from(rule_refs.len()).unwrap_or(u32::MAX);
+    rule_refs.push(RuleRef {
+        uid: "settings:failsafe_inbound".to_owned(),
+        name: "failsafe-inbound".to_owned(),
+        description: Some("inbound ports on this node that no rule can close".to_owned()),
+    });
+
+    let mut claims: BTreeMap<(u32, u32, u8), Vec<Claim<Outcome>>> = BTreeMap::new();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let (priority, verdict) = match rule.action {
+            Action::Allow => (PRIORITY_ALLOW, VERDICT_ALLOW),
+            Action::Deny => (PRIORITY_DENY, VERDICT_DENY),
+        };
+        let outcome = Outcome {
+            rule_id: u32::try_from(index).unwrap_or(u32::MAX),
+            verdict,
+            failsafe: false,
+        };
+        let sources = endpoint_ids(&rule.from, identities, &members);
+        let destinations = endpoint_ids(&rule.to, identities, &members);
+        for &src in &sources {
+            for &dst in &destinations {
+                add_claims(&mut claims, (src, dst), &rule.ports, priority, index, outcome);
+            }
+        }
+    }
+    let local: Vec<u32> = identities
+        .iter()
+        .filter(|i| i.is_local())
+        .map(|i| i.id)
+        .collect();
+    let failsafe = Outcome {
+        rule_id: failsafe_id,
+        verdict: VERDICT_ALLOW,
+        failsafe: true,
+    };
+    for src in identities.iter().map(|i| i.id) {
+        for &dst in &local {
+            let terms = &policy.settings.failsafe_inbound;
+            add_claims(&mut claims, (src, dst), terms, PRIORITY_FAILSAFE, 0, failsafe);
+        }
+    }
+
+    let mut warnings = BTreeSet::new();
+    let mut rules = BTreeMap::new();
+    for ((src, dst, proto), list) in &claims {
+        for (first, last, winner) in resolve(list) {
+            if winner.outcome.failsafe {
+                overridden_denies(list, first, last, &rule_refs, *proto, &mut warnings);
+            }
+            let mut flags = 0;
+            if winner.outcome.failsafe {
+                flags |= RULE_FAILSAFE;
+            }
+            if winner.outcome.verdict == VERDICT_DENY
+                && effective_audit(global_audit, &identity_info, *src, *dst)
+            {
+                flags |= RULE_AUDIT;
+            }
+            let value = RuleValue {
+                rule_id: winner.outcome.rule_id,
+                verdict: winner.outcome.verdict,
+                flags,
+                _pad: 0,
+            };
+            for block in blocks(first, last) {
+                let key = RuleKey {
+                    src_identity: *src,
+                    dst_identity: *dst,
+                    protocol: *proto,
+                    ports: block,
+                };
+                rules.insert(key, value);
+            }
+        }
+    }
+
+    let (addr_exact, addr_cidr) = addresses(policy, identities);
+    let state = DesiredState {
+        config: SlotConfig {
+            generation: 0,
+            flags: if global_audit { CONFIG_AUDIT } else { 0 },
+            local_identity: identities.local_default(),
+            _pad: 0,
+        },
+        addr_exact,
+        addr_cidr,
+        identity_info,
+        rules,
+    };
+    check_capacity(&state)?;
+    Ok(CompiledPolicy {
+        state,
+        rules: rule_refs,
+        segments: policy.segments.iter().map(|s| s.name.clone()).collect(),
+        members,
+        warnings: warnings.into_iter().map(|(rule, port)| CompileWarning::FailsafeOverridesDeny { rule, port }).collect(),
+        version: policy.version.clone(),
+    })
+}
+
+/// For each segment, the identities its selector picks (entities are never selected).
+fn segment_members(policy: &Policy, identities: &Identities) -> Vec<BTreeSet<u32>> {
+    policy
+        .segments
+        .iter()
+        .map(|segment| {
+            identities
+                .iter()
+                .filter(|i| i.id >= identity::FIRST_TABLE && segment.select.matches(&i.labels))
+                .map(|i| i.id)
+                .collect()
+        })
+        .collect()
+}
+
+fn identity_info(
+    policy: &Policy,
+    identities: &Identities,
+    members: &[BTreeSet<u32>],
+) -> BTreeMap<u32, IdentityInfo> {
+    identities
+        .iter()
+        .map(|identity| {
+            let mut info = IdentityInfo::default();
+            let mut first = true;
+            for (index, (segment, set)) in policy.segments.iter().zip(members).enumerate() {
+                if !set.contains(&identity.id) {
+                    continue;
+                }
+                info.flags |= IDENTITY_SEGMENTED;
+                if first {
+                    info.segment = u32::try_from(index).unwrap_or(u32::MAX);
+                    first = false;
+                }
+                match segment.mode {
+                    Some(Mode::Audit) => info.flags |= IDENTITY_MODE_AUDIT,
+                    Some(Mode::Enforce) => info.flags |= IDENTITY_MODE_ENFORCE,
+                    None => {}
+                }
+            }
+            (identity.id, info)
+        })
+        .collect()
+}
+
+/// Same rule as the kernel's: explicit segment modes win over the global one, audit over enforce.
+fn effective_audit(
+    global_audit: bool,
+    info: &BTreeMap<u32, IdentityInfo>,
+    src: u32,
+    dst: u32,
+) -> bool {
+    let flags = info.get(&src).map_or(0, |i| i.flags) | info.get(&dst).map_or(0, |i| i.flags);
+    if flags & IDENTITY_MODE_AUDIT != 0 {
+        true
+    } else if flags & IDENTITY_MODE_ENFORCE != 0 {
+        false
+    } else {
+        global_audit
+    }
+}
+
+fn endpoint_ids(
+    endpoint: &Endpoint,
+    identities: &Identities,
+    members: &[BTreeSet<u32>],
+) -> BTreeSet<u32> {
+    match endpoint {
+        Endpoint::Segment(index) => members.get(*index).cloned().unwrap_or_default(),
+        Endpoint::Entity(Entity::Host) => BTreeSet::from([identity::HOST]),
+        Endpoint::Entity(Entity::World) => BTreeSet::from([identity::WORLD]),
+        Endpoint::Entity(Entity::Any) => identities.iter().map(|i| i.id).collect(),
+        Endpoint::Selector(selector) => identities
+            .iter()
+            .filter(|i| i.id >= identity::FIRST_TABLE && selector.matches(&i.labels))
+            .map(|i| i.id)
+            .collect(),
+    }
+}
+
+/// Protocol and port interval for each port term; `any` covers every protocol the hooks see.
+fn port_intervals(term: PortTerm) -> Vec<(u8, u16, u16)> {
+    match term {
+        PortTerm::Any => vec![
+            (protocol::TCP, 0, u16::MAX),
+            (protocol::UDP, 0, u16::MAX),
+            (protocol::ICMP, 0, 0),
+            (protocol::OTHER, 0, u16::MAX),
+        ],
+        PortTerm::Icmp => vec![(protocol::ICMP, 0, 0)],
+        PortTerm::Range {
+            protocol: proto,
+            first,
+            last,
+        } => {
+            let number = match proto {
+                Protocol::Tcp => protocol::TCP,
+                Protocol::Udp => protocol::UDP,
+                Protocol::Icmp => return vec![(protocol::ICMP, 0, 0)],
+            };
+            vec![(number, first, last)]
+        }
+    }
+}
+
+fn add_claims(
+    claims: &mut BTreeMap<(u32, u32, u8), Vec<Claim<Outcome>>>,
+    (src, dst): (u32, u32),
+    terms: &[PortTerm],
+    priority: u8,
+    order: usize,
+    outcome: Outcome,
+) {
+    for term in terms {
+        for (proto, first, last) in port_intervals(*term) {
+            claims.entry((src, dst, proto)).or_default().push(Claim {
+                first,
+                last,
+                priority,
+                order,
+                outcome,
+            });
+        }
+    }
+}
+
+fn overridden_denies(
+    claims: &[Claim<Outcome>],
+    first: u16,
+    last: u16,
+    rule_refs: &[RuleRef],
+    proto: u8,
+    warnings: &mut BTreeSet<(String, String)>,
+) {
+    for claim in claims {
+        if claim.outcome.verdict == VERDICT_DENY && claim.first <= last && first <= claim.last {
+            let rule = rule_refs
+                .get(claim.outcome.rule_id as usize)
+                .map_or_else(String::new, |r| format!("{} ({})", r.uid, r.name));
+            let name = match proto {
+                protocol::TCP => "tcp",
+                protocol::UDP => "udp",
+                protocol::ICMP => "icmp",
+                _ => "other",
+            };
+            let port = if first == last {
+                format!("{name}/{first}")
+            } else {
+                format!("{name}/{first}-{last}")
+            };
+            warnings.insert((rule, port));
+        }
+    }
+}
+
+fn rule_ref(policy: &Policy, rule: &Rule) -> RuleRef {
+    let endpoint = |e: &Endpoint| match e {
+        Endpoint::Segment(index) => policy
+            .segments
+            .get(*index)
+            .map_or_else(String::new, |s| s.name.clone()),
+        Endpoint::Entity(entity) => entity.as_str().to_owned(),
+        Endpoint::Selector(selector) => selector.to_string(),
+    };
+    RuleRef {
+        uid: format!("{}:{}", rule.location.file.display(), rule.location.line),
+        name: rule.name.clone().unwrap_or_else(|| {
+            format!(
+                "{} {} -> {}",
+                rule.action.as_str(),
+                endpoint(&rule.from),
+                endpoint(&rule.to)
+            )
+        }),
+        description: rule.description.clone(),
+    }
+}
+
+fn mapped(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn prefix(net: IpNet) -> AddrPrefix {
+    let bits = match net {
+        IpNet::V4(v4) => 96 + v4.prefix_len(),
+        IpNet::V6(v6) => v6.prefix_len(),
+    };
+    AddrPrefix {
+        addr: mapped(net.network()),
+        bits,
+    }
+}
+
+/// Exact node addresses, peer CIDRs, and the addresses that always mean "this host": loopback and
+/// the unspecified address (connecting to 0.0.0.0 or :: reaches a local socket).
+fn addresses(
+    policy: &Policy,
+    identities: &Identities,
+) -> (BTreeMap<[u8; 16], AddrValue>, BTreeMap<AddrPrefix, AddrValue>) {
+    let by_name: BTreeMap<&str, (u32, bool)> = identities
+        .iter()
+        .map(|i| (i.name.as_str(), (i.id, i.is_local())))
+        .collect();
+    let mut exact = BTreeMap::new();
+    for node in &policy.nodes {
+        let Some(&(id, local)) = by_name.get(node.name.as_str()) else {
+            continue;
+        };
+        let flags = if local { ADDR_LOCAL } else { 0 };
+        for addr in &node.addresses {
+            exact.entry(mapped(*addr)).or_insert(AddrValue { identity: id, flags });
+        }
+    }
+    let local = AddrValue {
+        identity: identities.local_default(),
+        flags: ADDR_LOCAL,
+    };
+    let mut cidr = BTreeMap::new();
+    for always_local in ["127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"] {
+        if let Ok(net) = always_local.parse::<IpNet>() {
+            cidr.insert(prefix(net), local);
+        }
+    }
+    for peer in &policy.peers {
+        let Some(&(id, _)) = by_name.get(peer.name.as_str()) else {
+            continue;
+        };
+        for net in &peer.cidrs {
+            cidr.entry(prefix(*net)).or_insert(AddrValue { identity: id, flags: 0 });
+        }
+    }
+    (exact, cidr)
+}
+
+fn check_capacity(state: &DesiredState) -> Result<(), CompileError> {
+    let checks = [
+        ("ADDR_EXACT", state.addr_exact.len(), capacity::ADDR_EXACT),
+        ("ADDR_CIDR", state.addr_cidr.len(), capacity::ADDR_CIDR),
+        ("IDENTITY_INFO", state.identity_info.len(), capacity::IDENTITIES),
+        ("RULES", state.rules.len(), capacity::RULES),
+    ];
+    for (map, needed, capacity) in checks {
+        // Two slots share each map during a swap, so a policy may use half of it.
+        if needed > (capacity / 2) as usize {
+            return Err(CompileError::TooLarge {
+                map,
+                needed,
+                capacity: capacity / 2,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

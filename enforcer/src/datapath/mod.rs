@@ -1,1 +1,203 @@
-//! The only aya user: loads and attaches the kernel programs, syncs maps with the desired state.
+//! The only aya user: loads the kernel programs, writes compiled policy into their maps, attaches
+//! them to the managed cgroup root, and hands out the event ring buffer and counters.
+//!
+//! Policy is written slot by slot: a new policy goes into the inactive slot, then one store to
+//! `ACTIVE_SLOT` switches every later decision to it, then the old slot is emptied. Cgroup labels
+//! are synced into the active slot by diff as cgroups come and go.
+
+mod maps;
+
+use std::{collections::BTreeMap, fs::File, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{MapData, MapError, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+};
+use enforcer_common::{counter, maps as names};
+
+pub use self::maps::Counters;
+use self::maps::PolicyMaps;
+use crate::compile::DesiredState;
+
+/// The kernel object, built by `build.rs` from `enforcer-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// The programs and the hook each attaches to, in attach order.
+const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Errors loading, attaching or writing the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild with bpf-linker installed")]
+    NoObject,
+    #[error("loading the kernel object")]
+    Load(#[source] EbpfError),
+    #[error("the kernel object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the kernel object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("program {program}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("opening cgroup {path}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The loaded datapath.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: PolicyMaps,
+    events: Option<RingBuf<MapData>>,
+    /// Slot the kernel reads, once a policy has been applied.
+    active: Option<u32>,
+    generation: u32,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("active", &self.active)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel (verifier included) without attaching them.
+    ///
+    /// # Errors
+    /// When the object is missing or the kernel refuses a program or map.
+    pub fn load() -> Result<Self, DatapathError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { program: name, source })?;
+            program
+                .load()
+                .map_err(|source| DatapathError::Program { program: name, source })?;
+        }
+        let maps = PolicyMaps::take(&mut ebpf)?;
+        let events = ebpf
+            .take_map(names::EVENTS)
+            .ok_or(DatapathError::MissingMap(names::EVENTS))?;
+        let events = RingBuf::try_from(events).map_err(|source| DatapathError::Map {
+            map: names::EVENTS,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            maps,
+            events: Some(events),
+            active: None,
+            generation: 0,
+        })
+    }
+
+    /// Writes `state` and the cgroup labels into the inactive slot, switches the kernel to it, and
+    /// empties the old one. Returns the generation now in force.
+    ///
+    /// # Errors
+    /// When a map write fails; the previous policy then stays active.
+    pub fn apply(
+        &mut self,
+        state: &DesiredState,
+        cgroups: &BTreeMap<u64, u32>,
+    ) -> Result<u32, DatapathError> {
+        let slot = self.active.map_or(0, |active| 1 - active);
+        let generation = self.generation.wrapping_add(1);
+        if let Err(error) = self.maps.write_slot(slot, generation, state, cgroups) {
+            // Leave nothing half-written behind in the slot nobody reads.
+            let _ = self.maps.clear_slot(slot);
+            return Err(error);
+        }
+        self.maps.activate(slot)?;
+        if let Some(old) = self.active.replace(slot) {
+            self.maps.clear_slot(old)?;
+        }
+        self.generation = generation;
+        Ok(generation)
+    }
+
+    /// Brings the active slot's cgroup labels in line with `cgroups`: deletes and adds only what
+    /// changed. Returns (added or changed, removed).
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn sync_cgroups(
+        &mut self,
+        cgroups: &BTreeMap<u64, u32>,
+    ) -> Result<(usize, usize), DatapathError> {
+        match self.active {
+            Some(slot) => self.maps.sync_cgroups(slot, cgroups),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Attaches every program to the cgroup at `path`, for it and all cgroups below it.
+    ///
+    /// # Errors
+    /// When the cgroup cannot be opened or the kernel refuses the attachment.
+    pub fn attach(&mut self, path: &Path) -> Result<(), DatapathError> {
+        let cgroup = File::open(path).map_err(|source| DatapathError::Cgroup {
+            path: path.display().to_string(),
+            source,
+        })?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { program: name, source })?;
+            program
+                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .map_err(|source| DatapathError::Program { program: name, source })?;
+        }
+        Ok(())
+    }
+
+    /// The event ring buffer; `None` once taken.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// A handle to read the per-CPU verdict counters.
+    ///
+    /// # Errors
+    /// When the counters map is missing.
+    pub fn counters(&mut self) -> Result<Counters, DatapathError> {
+        Counters::take(&mut self.ebpf)
+    }
+
+    /// The generation now in force (0 before the first `apply`).
+    #[must_use]
+    pub const fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+/// Names of the counters, in index order, for reports.
+#[must_use]
+pub fn counter_names() -> &'static [&'static str] {
+    &counter::NAMES
+}

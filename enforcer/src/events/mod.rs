@@ -1,6 +1,12 @@
-//! Kernel events: read from the ring buffer, decode, enrich with policy context.
+//! Kernel events: decoded from the ring buffer, enriched with the context of the policy that
+//! decided, rendered for sinks.
 
+mod enrich;
 pub mod ocsf;
 mod record;
+mod source;
 
-pub use record::*;
+pub use self::{
+    enrich::{DecodeError, Enricher, PolicyContext, decode},
+    record::*,
+};
