@@ -169,8 +169,10 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { program: name, source })?;
+            // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
+            // link_create accepts for cgroups; links always coexist with other programs.
             program
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| DatapathError::Program { program: name, source })?;
         }
         Ok(())

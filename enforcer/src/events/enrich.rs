@@ -93,7 +93,9 @@ impl Enricher {
 
 fn record(context: &PolicyContext, event: &FlowEvent, time: SystemTime) -> FlowRecord {
     let dst_ip = ip_from(event.dst_addr);
-    let src_ip = if event.src_addr == [0; 16] {
+    let kernel_src = ip_from(event.src_addr);
+    // Unbound sockets have no source yet (all zeros, or ::ffff:0.0.0.0 for IPv4).
+    let src_ip = if kernel_src.is_unspecified() {
         source_address(event.pid, dst_ip)
             .or_else(|| {
                 context
@@ -108,7 +110,7 @@ fn record(context: &PolicyContext, event: &FlowEvent, time: SystemTime) -> FlowR
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED)
             })
     } else {
-        ip_from(event.src_addr)
+        kernel_src
     };
     let is_icmp = matches!(event.protocol, protocol::ICMP | protocol::ICMPV6);
     let port = |p: u16| (!is_icmp).then_some(p);
