@@ -1,0 +1,255 @@
+//! `enforcer-probe`: one network action from a chosen cgroup and network namespace, with a result
+//! line a test (or the demo) can parse.
+//!
+//! ```text
+//! enforcer-probe [--cgroup DIR] [--netns NAME] ACTION
+//!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
+//!   tcp-listen ADDR PORT  | udp-listen ADDR PORT
+//! ```
+//!
+//! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).
+//! Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
+//! datagram, and serve until killed. Usage errors exit 2.
+//!
+//! The cgroup is joined before the namespace so that the whole life of every socket is spent inside
+//! the managed cgroup: the enforcer judges a socket by the cgroup of the process that opens it.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use nix::{
+    errno::Errno,
+    sched::{CloneFlags, setns},
+    sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket},
+};
+
+/// Long enough for a real handshake on a veth, short enough that a silently dropped SYN cannot be
+/// mistaken for an immediate refusal.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Action {
+    TcpConnect(SocketAddr),
+    UdpSendto(SocketAddr),
+    UdpConnect(SocketAddr),
+    Ping(IpAddr),
+    TcpListen(SocketAddr),
+    UdpListen(SocketAddr),
+}
+
+struct Args {
+    cgroup: Option<PathBuf>,
+    netns: Option<String>,
+    action: Action,
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("enforcer-probe: {why}");
+    eprintln!(
+        "usage: enforcer-probe [--cgroup DIR] [--netns NAME] \
+         (tcp-connect|udp-sendto|udp-connect|tcp-listen|udp-listen ADDR PORT | ping ADDR)"
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut cgroup = None;
+    let mut netns = None;
+    let verb = loop {
+        match argv.next().as_deref() {
+            Some("--cgroup") => {
+                cgroup = Some(PathBuf::from(argv.next().ok_or("--cgroup needs DIR")?))
+            }
+            Some("--netns") => netns = Some(argv.next().ok_or("--netns needs NAME")?),
+            Some(verb) => break verb.to_owned(),
+            None => return Err("missing ACTION".to_owned()),
+        }
+    };
+    const VERBS: [&str; 6] = [
+        "tcp-connect",
+        "udp-sendto",
+        "udp-connect",
+        "ping",
+        "tcp-listen",
+        "udp-listen",
+    ];
+    if !VERBS.contains(&verb.as_str()) {
+        return Err(format!("unknown ACTION {verb:?}"));
+    }
+    let addr: IpAddr = argv
+        .next()
+        .ok_or("missing ADDR")?
+        .parse()
+        .map_err(|e| format!("bad ADDR: {e}"))?;
+    let mut sock = || -> Result<SocketAddr, String> {
+        let port: u16 = argv
+            .next()
+            .ok_or("missing PORT")?
+            .parse()
+            .map_err(|e| format!("bad PORT: {e}"))?;
+        Ok(SocketAddr::new(addr, port))
+    };
+    let action = match verb.as_str() {
+        "tcp-connect" => Action::TcpConnect(sock()?),
+        "udp-sendto" => Action::UdpSendto(sock()?),
+        "udp-connect" => Action::UdpConnect(sock()?),
+        "tcp-listen" => Action::TcpListen(sock()?),
+        "udp-listen" => Action::UdpListen(sock()?),
+        "ping" => Action::Ping(addr),
+        other => return Err(format!("unknown ACTION {other:?}")),
+    };
+    if let Some(extra) = argv.next() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    Ok(Args {
+        cgroup,
+        netns,
+        action,
+    })
+}
+
+fn join_cgroup(dir: &Path) -> io::Result<()> {
+    let mut procs = OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
+    // One write(2) with the whole pid: the kernel parses each write on its own.
+    procs.write_all(std::process::id().to_string().as_bytes())
+}
+
+fn join_netns(name: &str) -> io::Result<()> {
+    let ns = File::open(PathBuf::from("/run/netns").join(name))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+fn unspecified(addr: &SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse(),
+        SocketAddr::V6(_) => "[::]:0".parse(),
+    }
+    .expect("literal socket address")
+}
+
+fn tcp_connect(addr: SocketAddr) -> io::Result<()> {
+    TcpStream::connect_timeout(&addr, TIMEOUT).map(drop)
+}
+
+fn udp_sendto(addr: SocketAddr) -> io::Result<()> {
+    let sock = UdpSocket::bind(unspecified(&addr))?;
+    sock.send_to(b"enforcer-probe", addr).map(drop)
+}
+
+fn udp_connect(addr: SocketAddr) -> io::Result<()> {
+    let sock = UdpSocket::bind(unspecified(&addr))?;
+    sock.connect(addr)?;
+    sock.send(b"enforcer-probe").map(drop)
+}
+
+/// An echo through an unprivileged ping socket, so that the kernel's cgroup connect hook sees it
+/// (a raw socket would bypass `connect`). Success needs the echo reply, not just the send.
+fn ping(addr: IpAddr) -> io::Result<()> {
+    let (family, protocol, request, reply) = match addr {
+        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp, 8u8, 0u8),
+        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6, 128u8, 129u8),
+    };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, protocol)?;
+    let sock = UdpSocket::from(fd);
+    sock.connect(SocketAddr::new(addr, 0))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    // Type, code, checksum, identifier, sequence: the kernel fills in the checksum and identifier.
+    let mut echo = [0u8; 16];
+    echo[0] = request;
+    echo[7] = 1;
+    echo[8..].copy_from_slice(b"enforcer");
+    sock.send(&echo)?;
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock.recv(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                io::Error::from_raw_os_error(libc::ETIMEDOUT)
+            }
+            _ => e,
+        })?;
+        if n >= 1 && buf[0] == reply {
+            return Ok(());
+        }
+    }
+}
+
+fn listen(action: &Action) -> io::Result<()> {
+    let announce = || {
+        println!("listening pid={}", std::process::id());
+        io::stdout().flush()
+    };
+    match *action {
+        Action::TcpListen(addr) => {
+            let listener = TcpListener::bind(addr)?;
+            announce()?;
+            loop {
+                let (conn, peer) = listener.accept()?;
+                println!("peer {peer}");
+                io::stdout().flush()?;
+                drop(conn);
+            }
+        }
+        Action::UdpListen(addr) => {
+            let sock = UdpSocket::bind(addr)?;
+            announce()?;
+            let mut buf = [0u8; 2048];
+            loop {
+                let (n, peer) = sock.recv_from(&mut buf)?;
+                println!("peer {peer}");
+                io::stdout().flush()?;
+                // Echo back so that a client can tell delivery from a silent drop; a refused reply
+                // must not stop the server.
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        }
+        _ => unreachable!("listen called with a client action"),
+    }
+}
+
+/// Std maps a connect timeout to an error without an OS code; the contract wants a name for it.
+fn errno_of(err: &io::Error) -> i32 {
+    err.raw_os_error().unwrap_or(match err.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => libc::ETIMEDOUT,
+        _ => libc::EIO,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(why) => return usage(&why),
+    };
+    let pid = std::process::id();
+    let setup = args
+        .cgroup
+        .as_deref()
+        .map_or(Ok(()), join_cgroup)
+        .and_then(|()| args.netns.as_deref().map_or(Ok(()), join_netns));
+    let result = setup.and_then(|()| match args.action {
+        Action::TcpConnect(addr) => tcp_connect(addr),
+        Action::UdpSendto(addr) => udp_sendto(addr),
+        Action::UdpConnect(addr) => udp_connect(addr),
+        Action::Ping(addr) => ping(addr),
+        Action::TcpListen(_) | Action::UdpListen(_) => listen(&args.action),
+    });
+    match result {
+        Ok(()) => {
+            println!("ok pid={pid}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let errno = errno_of(&err);
+            println!("error {:?} errno={errno} pid={pid}", Errno::from_raw(errno));
+            eprintln!("enforcer-probe: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The common topology: a client host and a server host joined by a veth, a managed cgroup root
+//! with workload directories, a policy written from a template, and the daemon enforcing it.
+//!
+//! ```text
+//!  netns client (the node "client-host")           netns server
+//!  ${CLIENT4} = 10.X.0.1/24, ${CLIENT6} = fd65:6e66:X::1/64  ── veth ──  ${SERVER4} = 10.X.0.2/24, ${SERVER6} = fd65:6e66:X::2/64
+//!  route 10.X.0.0/16, fd65:6e66:X::/48 on-link      + every `server_addr` (also routed from the client)
+//!  probes run here, in cgroups below the root        listeners run here, outside the managed root
+//! ```
+//!
+//! Each lab takes its own X, so a leftover of a crashed run can never answer for a later one.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    cgroup::CgroupDir,
+    daemon::{Daemon, DaemonArgs},
+    netns::{NetNs, VethEnd, VethPair, add_address, add_onlink_route, next_counter},
+    policy::PolicyDir,
+    probe::{Listener, Probe, Proto},
+};
+
+/// The node name the lab's daemon is told it runs as (`--node`).
+pub const CLIENT_NODE: &str = "client-host";
+
+/// Template variables a lab substitutes in policies and addresses.
+#[derive(Clone, Debug)]
+struct Net {
+    index: u32,
+}
+
+impl Net {
+    fn next() -> Self {
+        // Mix in the pid: every test binary counts from 0.
+        Self {
+            index: (std::process::id()
+                .wrapping_mul(7)
+                .wrapping_add(next_counter()))
+                % 150,
+        }
+    }
+
+    fn vars(&self) -> [(&'static str, String); 9] {
+        let net4 = format!("10.{}", 100 + self.index);
+        let net6 = format!("fd65:6e66:{:x}", self.index);
+        [
+            ("${CLIENT4}", format!("{net4}.0.1")),
+            ("${SERVER4}", format!("{net4}.0.2")),
+            ("${CLIENT6}", format!("{net6}::1")),
+            ("${SERVER6}", format!("{net6}::2")),
+            // RFC 2544 benchmarking and RFC 3849 documentation ranges: claimed by no lab table
+            // unless a test says so.
+            ("${WORLD4}", format!("198.18.{}.9", self.index)),
+            ("${WORLD6}", format!("2001:db8:{:x}::9", self.index)),
+            ("${NODE}", CLIENT_NODE.to_owned()),
+            ("${NET4}", net4),
+            ("${NET6}", net6),
+        ]
+    }
+
+    fn expand(&self, template: &str) -> String {
+        let mut out = template.to_owned();
+        for (var, value) in self.vars() {
+            out = out.replace(var, &value);
+        }
+        assert!(
+            !out.contains("${"),
+            "unknown template variable in {template:?}"
+        );
+        out
+    }
+}
+
+/// The file the lab writes the client's `[[node]]` table to.
+pub const NODE_FILE: &str = "00-node.toml";
+
+/// Builds a [`Lab`]; see the module docs for the topology and the template variables.
+///
+/// Unless told otherwise the policy gets [`NODE_FILE`], declaring the client host as the node
+/// [`CLIENT_NODE`] with its two addresses and the labels `{ role = "client" }` (in no segment).
+#[derive(Debug)]
+#[must_use]
+pub struct LabBuilder {
+    workloads: Vec<String>,
+    server_addrs: Vec<String>,
+    files: Vec<(String, String)>,
+    node_labels: Option<String>,
+    no_daemon: bool,
+}
+
+impl Default for LabBuilder {
+    fn default() -> Self {
+        Self {
+            workloads: Vec::new(),
+            server_addrs: Vec::new(),
+            files: Vec::new(),
+            node_labels: Some(r#"{ role = "client" }"#.to_owned()),
+            no_daemon: false,
+        }
+    }
+}
+
+impl LabBuilder {
+    /// A cgroup (path relative to the managed root, e.g. `apps/web`) to create before the daemon
+    /// starts.
+    pub fn workload(mut self, rel: &str) -> Self {
+        self.workloads.push(rel.to_owned());
+        self
+    }
+
+    /// An extra address (template) on the server, routed from the client.
+    pub fn server_addr(mut self, template: &str) -> Self {
+        self.server_addrs.push(template.to_owned());
+        self
+    }
+
+    /// A policy file (relative path, template content).
+    pub fn policy(mut self, rel: &str, template: &str) -> Self {
+        self.files.push((rel.to_owned(), template.to_owned()));
+        self
+    }
+
+    /// The labels (an inline TOML table) of the client's `[[node]]` table.
+    pub fn node_labels(mut self, labels: &str) -> Self {
+        self.node_labels = Some(labels.to_owned());
+        self
+    }
+
+    /// Write no `[[node]]` table for the client: local processes no workload claims are `@host`.
+    pub fn without_node(mut self) -> Self {
+        self.node_labels = None;
+        self
+    }
+
+    /// Leave the daemon to the test (e.g. to watch it refuse to start).
+    pub fn no_daemon(mut self) -> Self {
+        self.no_daemon = true;
+        self
+    }
+
+    /// Sets everything up and, unless told otherwise, starts the daemon and waits until it
+    /// enforces.
+    #[must_use]
+    pub fn start(self) -> Lab {
+        let net = Net::next();
+        let ip = |t: &str| -> IpAddr {
+            let s = net.expand(t);
+            s.parse()
+                .unwrap_or_else(|e| panic!("{s:?} is not an address: {e}"))
+        };
+        let client = NetNs::new();
+        let server = NetNs::new();
+        let veth = VethPair::new(
+            &VethEnd {
+                netns: &client,
+                addresses: vec![(ip("${CLIENT4}"), 24), (ip("${CLIENT6}"), 64)],
+            },
+            &VethEnd {
+                netns: &server,
+                addresses: vec![(ip("${SERVER4}"), 24), (ip("${SERVER6}"), 64)],
+            },
+        );
+        add_onlink_route(&client, &net.expand("${NET4}.0.0/16"));
+        add_onlink_route(&client, &net.expand("${NET6}::/48"));
+        for template in &self.server_addrs {
+            let addr = ip(template);
+            let host_len = if addr.is_ipv4() { 32 } else { 128 };
+            add_address(&server, addr, host_len);
+            add_onlink_route(&client, &format!("{addr}/{host_len}"));
+        }
+        client.allow_ping_sockets();
+
+        let cgroups = CgroupDir::new();
+        for rel in &self.workloads {
+            cgroups.create(rel);
+        }
+        let policy = PolicyDir::new();
+        if let Some(labels) = &self.node_labels {
+            let table = format!(
+                "[[node]]\nname = \"${{NODE}}\"\naddresses = [\"${{CLIENT4}}\", \"${{CLIENT6}}\"]\nlabels = {labels}\n"
+            );
+            policy.write(NODE_FILE, &net.expand(&table));
+        }
+        for (rel, template) in &self.files {
+            policy.write(rel, &net.expand(template));
+        }
+        let mut lab = Lab {
+            daemon: None,
+            cgroups,
+            _veth: veth,
+            server,
+            client,
+            policy,
+            net,
+        };
+        if !self.no_daemon {
+            lab.daemon = Some(Daemon::start(&lab.daemon_args()));
+        }
+        lab
+    }
+}
+
+/// A running lab. Fields drop in order: the daemon stops first, then the cgroups (and any process
+/// left in them), the veth and the namespaces go, and the policy directory last.
+#[derive(Debug)]
+pub struct Lab {
+    daemon: Option<Daemon>,
+    cgroups: CgroupDir,
+    _veth: VethPair,
+    server: NetNs,
+    client: NetNs,
+    policy: PolicyDir,
+    net: Net,
+}
+
+impl Lab {
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// `template` with the lab's variables substituted.
+    #[must_use]
+    pub fn expand(&self, template: &str) -> String {
+        self.net.expand(template)
+    }
+
+    /// The address `template` names in this lab, e.g. `lab.ip("${NET4}.20.9")`.
+    #[must_use]
+    pub fn ip(&self, template: &str) -> IpAddr {
+        let s = self.expand(template);
+        s.parse()
+            .unwrap_or_else(|e| panic!("{s:?} is not an address: {e}"))
+    }
+
+    #[must_use]
+    pub fn server4(&self) -> IpAddr {
+        self.ip("${SERVER4}")
+    }
+
+    #[must_use]
+    pub fn server6(&self) -> IpAddr {
+        self.ip("${SERVER6}")
+    }
+
+    #[must_use]
+    pub fn client4(&self) -> IpAddr {
+        self.ip("${CLIENT4}")
+    }
+
+    #[must_use]
+    pub fn client6(&self) -> IpAddr {
+        self.ip("${CLIENT6}")
+    }
+
+    #[must_use]
+    pub fn client_ns(&self) -> &NetNs {
+        &self.client
+    }
+
+    #[must_use]
+    pub fn server_ns(&self) -> &NetNs {
+        &self.server
+    }
+
+    #[must_use]
+    pub fn cgroup_root(&self) -> &Path {
+        self.cgroups.path()
+    }
+
+    /// Creates a cgroup below the managed root now (after the daemon started, if it did).
+    pub fn create_cgroup(&self, rel: &str) -> PathBuf {
+        self.cgroups.create(rel)
+    }
+
+    #[must_use]
+    pub fn policy_dir(&self) -> &PolicyDir {
+        &self.policy
+    }
+
+    /// What a rule's events carry as `firewall_rule.uid`: `file:line` of the `nth` line of `file`
+    /// that starts with `header` (e.g. `[[deny]]`).
+    #[must_use]
+    pub fn rule_uid(&self, file: &str, header: &str, nth: usize) -> String {
+        format!("{file}:{}", self.policy.line_of(file, header, nth))
+    }
+
+    /// The arguments the lab's daemon runs with (for tests that start it themselves).
+    #[must_use]
+    pub fn daemon_args(&self) -> DaemonArgs<'_> {
+        DaemonArgs {
+            policy: self.policy.path(),
+            node: CLIENT_NODE,
+            cgroup_root: self.cgroups.path(),
+            extra: &[],
+        }
+    }
+
+    /// The running daemon; panics for a lab built with [`LabBuilder::no_daemon`].
+    #[must_use]
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("this lab has no daemon")
+    }
+
+    /// Stops the daemon now (validating its events as its drop always does).
+    pub fn stop_daemon(&mut self) {
+        drop(self.daemon.take());
+    }
+
+    /// A probe on the client host in the cgroup `rel` below the managed root (`""` for the root).
+    #[must_use]
+    pub fn probe(&self, rel: &str) -> Probe {
+        let cgroup = self.cgroups.path().join(rel);
+        assert!(cgroup.is_dir(), "no cgroup {rel:?} in this lab");
+        Probe::new(Some(&cgroup), Some(self.client.name()))
+    }
+
+    /// A listener on the server host.
+    #[must_use]
+    pub fn listen(&self, proto: Proto, addr: IpAddr, port: u16) -> Listener {
+        Listener::start(self.server.name(), proto, addr, port)
+    }
+}

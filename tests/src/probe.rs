@@ -1,0 +1,305 @@
+//! Driving `enforcer-probe`: one connection attempt per process, so that each attempt has its own
+//! pid, cgroup and namespace exactly as a real workload would.
+
+use std::{
+    fmt,
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// A denial must be immediate: far below the probe's 2 s connect timeout, with room for a loaded
+/// 2-core machine to spawn the process.
+pub const IMMEDIATE: Duration = Duration::from_millis(1000);
+
+/// The probe binary: `$ENFORCER_PROBE_BIN`, else `enforcer-probe` in the target directory that holds
+/// the running test executable (cargo builds a package's binaries before its integration tests).
+#[must_use]
+pub fn probe_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENFORCER_PROBE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test>-<hash> → target/debug/enforcer-probe
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("enforcer-probe"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no enforcer-probe above {}", exe.display()))
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Where a probe runs: an optional cgroup to join, then an optional network namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    cgroup: Option<PathBuf>,
+    netns: Option<String>,
+}
+
+impl Probe {
+    #[must_use]
+    pub fn new(cgroup: Option<&Path>, netns: Option<&str>) -> Self {
+        Self {
+            cgroup: cgroup.map(Path::to_path_buf),
+            netns: netns.map(str::to_owned),
+        }
+    }
+
+    /// Runs one client action (`["tcp-connect", "10.0.0.2", "80"]`) and parses its result line.
+    #[must_use]
+    pub fn run(&self, action: &[&str]) -> ProbeOutcome {
+        let mut cmd = Command::new(probe_bin());
+        if let Some(cg) = &self.cgroup {
+            cmd.arg("--cgroup").arg(cg);
+        }
+        if let Some(ns) = &self.netns {
+            cmd.arg("--netns").arg(ns);
+        }
+        cmd.args(action);
+        let started = Instant::now();
+        let out = cmd.output().expect("spawn enforcer-probe");
+        let elapsed = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let what = action.join(" ");
+        let outcome = ProbeOutcome::parse(&stdout, elapsed, what, stderr)
+            .unwrap_or_else(|e| panic!("enforcer-probe {action:?} ({}): {e}", out.status));
+        assert_eq!(
+            out.status.success(),
+            outcome.errno.is_none(),
+            "exit status {} disagrees with {outcome}",
+            out.status
+        );
+        outcome
+    }
+
+    pub fn tcp_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["tcp-connect", &addr.to_string(), &port.to_string()])
+    }
+
+    /// `sendto` on an unconnected socket (the kernel's sendmsg hooks).
+    pub fn udp_sendto(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["udp-sendto", &addr.to_string(), &port.to_string()])
+    }
+
+    /// `connect` then `send` (the kernel's connect hooks).
+    pub fn udp_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["udp-connect", &addr.to_string(), &port.to_string()])
+    }
+
+    /// An ICMP echo through a ping socket; ok only once the reply arrived.
+    pub fn ping(&self, addr: IpAddr) -> ProbeOutcome {
+        self.run(&["ping", &addr.to_string()])
+    }
+}
+
+/// The parsed result line of a client action.
+#[derive(Clone, Debug)]
+pub struct ProbeOutcome {
+    /// What was attempted, for messages.
+    pub action: String,
+    pub pid: u32,
+    /// `(name, number)`, e.g. `("EPERM", 1)`; `None` on success.
+    pub errno: Option<(String, i32)>,
+    /// Wall time of the whole probe process, spawn included.
+    pub elapsed: Duration,
+    pub stderr: String,
+}
+
+impl ProbeOutcome {
+    fn parse(
+        stdout: &str,
+        elapsed: Duration,
+        action: String,
+        stderr: String,
+    ) -> Result<Self, String> {
+        let bad = || format!("unexpected output {stdout:?}, stderr {stderr:?}");
+        let line = stdout.lines().last().ok_or_else(bad)?;
+        let mut words = line.split_whitespace();
+        let errno = match words.next() {
+            Some("ok") => None,
+            Some("error") => {
+                let name = words.next().ok_or_else(bad)?.to_owned();
+                let num = words
+                    .next()
+                    .and_then(|w| w.strip_prefix("errno="))
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(bad)?;
+                Some((name, num))
+            }
+            _ => return Err(bad()),
+        };
+        let pid = words
+            .next()
+            .and_then(|w| w.strip_prefix("pid="))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        Ok(Self {
+            action,
+            pid,
+            errno,
+            elapsed,
+            stderr,
+        })
+    }
+
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.errno.is_none()
+    }
+
+    /// The errno name, or `"ok"`.
+    #[must_use]
+    pub fn result(&self) -> &str {
+        self.errno.as_ref().map_or("ok", |(name, _)| name)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.is_ok(), "expected {} to succeed: {self}", self.action);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_errno(&self, name: &str) -> &Self {
+        assert_eq!(self.result(), name, "{}: {self}", self.action);
+        self
+    }
+
+    /// Refused by the enforcer: EPERM, and at once rather than after a timeout.
+    #[track_caller]
+    pub fn assert_denied(&self) -> &Self {
+        self.assert_errno("EPERM");
+        assert!(
+            self.elapsed < IMMEDIATE,
+            "{} took {:?} to be refused; a policy denial must be immediate",
+            self.action,
+            self.elapsed
+        );
+        self
+    }
+}
+
+impl fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.errno {
+            None => write!(f, "ok pid={}", self.pid)?,
+            Some((name, n)) => write!(f, "error {name} errno={n} pid={}", self.pid)?,
+        }
+        write!(f, " after {:?}", self.elapsed)?;
+        if !self.stderr.is_empty() {
+            write!(f, " ({})", self.stderr)?;
+        }
+        Ok(())
+    }
+}
+
+/// A probe serving in listen mode inside a namespace; killed on drop. Each accepted connection or
+/// received datagram is recorded, so a test can tell delivery from a mere successful send.
+#[derive(Debug)]
+pub struct Listener {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    desc: String,
+}
+
+impl Listener {
+    /// Starts `tcp-listen`/`udp-listen` on `addr:port` in `netns` and waits until it is bound.
+    #[must_use]
+    pub fn start(netns: &str, proto: Proto, addr: IpAddr, port: u16) -> Self {
+        let verb = match proto {
+            Proto::Tcp => "tcp-listen",
+            Proto::Udp => "udp-listen",
+        };
+        let desc = format!("{verb} {addr} {port} in {netns}");
+        let mut child = Command::new(probe_bin())
+            .args(["--netns", netns, verb, &addr.to_string(), &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enforcer-probe listener");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = Arc::clone(&lines);
+        // The reader ends by itself at EOF, when the listener dies.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("listener lines").push(line);
+            }
+        });
+        let mut listener = Self { child, lines, desc };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !listener
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("listening pid="))
+        {
+            if let Ok(Some(status)) = listener.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = listener.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!(
+                    "{} exited ({status}): {:?} {err}",
+                    listener.desc,
+                    listener.lines()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not listening after 5 s",
+                listener.desc
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        listener
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("listener lines").clone()
+    }
+
+    /// The `ip:port` of every connection accepted or datagram received so far.
+    #[must_use]
+    pub fn peers(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("peer ").map(str::to_owned))
+            .collect()
+    }
+
+    /// Polls until at least `n` peers were seen; panics after `timeout`.
+    pub fn wait_for_peers(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let peers = self.peers();
+            if peers.len() >= n {
+                return peers;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: expected {n} peer(s) within {timeout:?}, saw {peers:?}",
+                self.desc
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
