@@ -44,8 +44,10 @@ pub fn summary(prepared: &Prepared, node: &str) -> String {
             })
             .map(|i| i.name.as_str())
             .collect();
-        let mode = segment.mode.map_or("", |m| m.as_str());
-        let _ = writeln!(out, "  {} {mode} {{{}}}", segment.name, members.join(", "));
+        let mode = segment
+            .mode
+            .map_or_else(String::new, |m| format!(" (mode {})", m.as_str()));
+        let _ = writeln!(out, "  {}{mode}: {}", segment.name, members.join(", "));
     }
     let _ = writeln!(
         out,
