@@ -1,1 +1,30 @@
-fn main() {}
+//! `cargo xtask`: the one door for set-up, the test suite and the demo lab.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, tests and the demo lab for enforcer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: apt packages, rust-src, bpf-linker, the OCSF validator venv.
+    Setup,
+    /// Set up, then run the whole suite: fmt, lints, clippy (host and BPF), unit and golden tests,
+    /// and the privileged kernel tests.
+    Test,
+    /// Set up, build, and run a lab on this machine that shows enforcement and events.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let workspace = xtask::workspace();
+    match Cli::parse().command {
+        Command::Setup => xtask::setup::run(&workspace),
+        Command::Test => xtask::test::run(&workspace),
+        Command::Demo => xtask::demo::run(&workspace),
+    }
+}

@@ -1,0 +1,180 @@
+//! `cargo xtask test`: the whole suite, in the order a failure is cheapest to find.
+
+use std::{env, fs, path::Path};
+
+use anyhow::bail;
+
+use crate::{command, exec, say, setup};
+
+/// Members whose manifests must inherit the workspace lints.
+const MEMBERS: [&str; 5] = [
+    "enforcer",
+    "enforcer-common",
+    "enforcer-ebpf",
+    "tests",
+    "xtask",
+];
+
+/// Runs set-up, then every stage; stops at the first failure and prints a summary either way.
+///
+/// # Errors
+/// When set-up or any stage fails.
+pub fn run(workspace: &Path) -> anyhow::Result<()> {
+    setup::run(workspace)?;
+    let ci = env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let bin = workspace.join("target/debug");
+    let python = workspace.join("target/ocsf-venv/bin/python");
+
+    let mut privileged = command("cargo");
+    privileged
+        .args(["test", "-p", "enforcer-tests", "--", "--test-threads=1"])
+        .env("ENFORCER_BIN", bin.join("enforcer"))
+        .env("ENFORCER_PROBE_BIN", bin.join("enforcer-probe"))
+        .env("ENFORCER_OCSF_PYTHON", &python);
+    if ci {
+        // Under CI a test that cannot run is a failure, not a skip.
+        privileged.env("ENFORCER_REQUIRE_PRIVILEGED", "1");
+    }
+
+    let mut stages: Vec<(&str, Box<dyn FnOnce() -> anyhow::Result<()>>)> = vec![
+        (
+            "rustfmt",
+            Box::new(|| {
+                exec(
+                    "cargo fmt --check",
+                    command("cargo").args(["fmt", "--all", "--", "--check"]),
+                )
+            }),
+        ),
+        (
+            "workspace lints inherited",
+            Box::new(|| lints_inherited(workspace)),
+        ),
+        (
+            "clippy (host crates)",
+            Box::new(|| {
+                exec(
+                    "cargo clippy",
+                    command("cargo").args([
+                        "clippy",
+                        "--workspace",
+                        "--exclude",
+                        "enforcer-ebpf",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
+                )
+            }),
+        ),
+        (
+            "clippy (eBPF crate, bpfel target)",
+            Box::new(|| {
+                exec(
+                    "cargo clippy (bpfel)",
+                    command("cargo").args([
+                        "+nightly",
+                        "clippy",
+                        "-p",
+                        "enforcer-ebpf",
+                        "--release",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
+                )
+            }),
+        ),
+        (
+            "unit, parser, golden and OCSF schema tests",
+            Box::new(|| {
+                exec(
+                    "cargo test",
+                    command("cargo")
+                        .args([
+                            "test",
+                            "--workspace",
+                            "--exclude",
+                            "enforcer-tests",
+                            "--exclude",
+                            "enforcer-ebpf",
+                        ])
+                        .env("ENFORCER_OCSF_PYTHON", &python),
+                )
+            }),
+        ),
+        (
+            "build the daemon and the probe",
+            Box::new(|| {
+                exec(
+                    "cargo build",
+                    command("cargo").args([
+                        "build",
+                        "-p",
+                        "enforcer",
+                        "-p",
+                        "enforcer-tests",
+                        "--bins",
+                    ]),
+                )
+            }),
+        ),
+        (
+            "privileged kernel tests (one at a time)",
+            Box::new(move || exec("privileged tests", &mut privileged)),
+        ),
+    ];
+
+    let mut results = Vec::new();
+    let mut failed = None;
+    for (name, stage) in stages.drain(..) {
+        say(&format!("stage: {name}"));
+        match stage() {
+            Ok(()) => results.push((name, "ok")),
+            Err(error) => {
+                results.push((name, "FAILED"));
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    say("summary:");
+    for (name, result) in &results {
+        println!("  {result:>6}  {name}");
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => {
+            say("all stages passed");
+            Ok(())
+        }
+    }
+}
+
+/// Every member's manifest says `[lints] workspace = true`: lints that are not inherited do not bite.
+fn lints_inherited(workspace: &Path) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for member in MEMBERS {
+        let manifest = workspace.join(member).join("Cargo.toml");
+        let text = fs::read_to_string(&manifest).unwrap_or_default();
+        let inherits = text
+            .split("[lints]")
+            .nth(1)
+            .is_some_and(|rest| rest.trim_start().starts_with("workspace = true"));
+        if !inherits {
+            missing.push(manifest.display().to_string());
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "these manifests do not inherit the workspace lints: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
