@@ -75,7 +75,11 @@ pub(crate) fn decide(conn: &Connection) -> Decision {
     let dst = remote_identity(slot, &config, &conn.dst_addr);
 
     let folded = fold_protocol(conn.protocol);
-    let port = if folded == protocol::ICMP { 0 } else { conn.dst_port };
+    let port = if folded == protocol::ICMP {
+        0
+    } else {
+        conn.dst_port
+    };
     let key = Key::new(
         RULE_LPM_FIXED_BITS + 16,
         RuleLpmData {

@@ -2,11 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    daemon::Prepared,
-    identity::IdentityKind,
-    policy::Action,
-};
+use crate::{daemon::Prepared, identity::IdentityKind, policy::Action};
 
 /// What a valid policy holds and what it costs in the kernel, as seen from `node`.
 #[must_use]
@@ -17,11 +13,16 @@ pub fn summary(prepared: &Prepared, node: &str) -> String {
         compiled,
     } = prepared;
     let mut out = String::new();
-    let count = |kind: fn(&IdentityKind) -> bool| identities.iter().filter(|i| kind(&i.kind)).count();
+    let count =
+        |kind: fn(&IdentityKind) -> bool| identities.iter().filter(|i| kind(&i.kind)).count();
     let nodes = count(|k| matches!(k, IdentityKind::Node { .. }));
     let workloads = count(|k| matches!(k, IdentityKind::Workload { .. }));
     let peers = count(|k| matches!(k, IdentityKind::Peer));
-    let allows = policy.rules.iter().filter(|r| r.action == Action::Allow).count();
+    let allows = policy
+        .rules
+        .iter()
+        .filter(|r| r.action == Action::Allow)
+        .count();
     let state = &compiled.state;
     let local = identities
         .get(identities.local_default())
@@ -80,5 +81,8 @@ pub fn summary(prepared: &Prepared, node: &str) -> String {
 /// Whether identity `id` is a member of segment `index` (the map only keeps the first segment, so
 /// ask the selector).
 fn compiled_member(compiled: &crate::compile::CompiledPolicy, id: u32, index: usize) -> bool {
-    compiled.members.get(index).is_some_and(|set| set.contains(&id))
+    compiled
+        .members
+        .get(index)
+        .is_some_and(|set| set.contains(&id))
 }

@@ -52,8 +52,15 @@ impl CompiledPolicy {
             );
         }
         for (addr, value) in &state.addr_exact {
-            let prefix = AddrPrefix { addr: *addr, bits: 128 };
-            let local = if value.flags & ADDR_LOCAL != 0 { " local" } else { "" };
+            let prefix = AddrPrefix {
+                addr: *addr,
+                bits: 128,
+            };
+            let local = if value.flags & ADDR_LOCAL != 0 {
+                " local"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "addr {} -> {} ({}){local}",
@@ -63,7 +70,11 @@ impl CompiledPolicy {
             );
         }
         for (prefix, value) in &state.addr_cidr {
-            let local = if value.flags & ADDR_LOCAL != 0 { " local" } else { "" };
+            let local = if value.flags & ADDR_LOCAL != 0 {
+                " local"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "cidr {} -> {} ({}){local}",
@@ -79,7 +90,11 @@ impl CompiledPolicy {
                 protocol::ICMP => "icmp",
                 _ => "other",
             };
-            let verdict = if value.verdict == VERDICT_ALLOW { "allow" } else { "deny" };
+            let verdict = if value.verdict == VERDICT_ALLOW {
+                "allow"
+            } else {
+                "deny"
+            };
             let mut flags = String::new();
             if value.flags & RULE_AUDIT != 0 {
                 flags.push_str(" audit");

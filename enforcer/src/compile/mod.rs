@@ -156,7 +156,14 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
         let destinations = endpoint_ids(&rule.to, identities, &members);
         for &src in &sources {
             for &dst in &destinations {
-                add_claims(&mut claims, (src, dst), &rule.ports, priority, index, outcome);
+                add_claims(
+                    &mut claims,
+                    (src, dst),
+                    &rule.ports,
+                    priority,
+                    index,
+                    outcome,
+                );
             }
         }
     }
@@ -173,7 +180,14 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
     for src in identities.iter().map(|i| i.id) {
         for &dst in &local {
             let terms = &policy.settings.failsafe_inbound;
-            add_claims(&mut claims, (src, dst), terms, PRIORITY_FAILSAFE, 0, failsafe);
+            add_claims(
+                &mut claims,
+                (src, dst),
+                terms,
+                PRIORITY_FAILSAFE,
+                0,
+                failsafe,
+            );
         }
     }
 
@@ -230,7 +244,10 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
         rules: rule_refs,
         segments: policy.segments.iter().map(|s| s.name.clone()).collect(),
         members,
-        warnings: warnings.into_iter().map(|(rule, port)| CompileWarning::FailsafeOverridesDeny { rule, port }).collect(),
+        warnings: warnings
+            .into_iter()
+            .map(|(rule, port)| CompileWarning::FailsafeOverridesDeny { rule, port })
+            .collect(),
         version: policy.version.clone(),
     })
 }
@@ -436,7 +453,10 @@ fn prefix(net: IpNet) -> AddrPrefix {
 fn addresses(
     policy: &Policy,
     identities: &Identities,
-) -> (BTreeMap<[u8; 16], AddrValue>, BTreeMap<AddrPrefix, AddrValue>) {
+) -> (
+    BTreeMap<[u8; 16], AddrValue>,
+    BTreeMap<AddrPrefix, AddrValue>,
+) {
     let by_name: BTreeMap<&str, (u32, bool)> = identities
         .iter()
         .map(|i| (i.name.as_str(), (i.id, i.is_local())))
@@ -448,7 +468,10 @@ fn addresses(
         };
         let flags = if local { ADDR_LOCAL } else { 0 };
         for addr in &node.addresses {
-            exact.entry(mapped(*addr)).or_insert(AddrValue { identity: id, flags });
+            exact.entry(mapped(*addr)).or_insert(AddrValue {
+                identity: id,
+                flags,
+            });
         }
     }
     let local = AddrValue {
@@ -466,7 +489,10 @@ fn addresses(
             continue;
         };
         for net in &peer.cidrs {
-            cidr.entry(prefix(*net)).or_insert(AddrValue { identity: id, flags: 0 });
+            cidr.entry(prefix(*net)).or_insert(AddrValue {
+                identity: id,
+                flags: 0,
+            });
         }
     }
     (exact, cidr)
@@ -476,7 +502,11 @@ fn check_capacity(state: &DesiredState) -> Result<(), CompileError> {
     let checks = [
         ("ADDR_EXACT", state.addr_exact.len(), capacity::ADDR_EXACT),
         ("ADDR_CIDR", state.addr_cidr.len(), capacity::ADDR_CIDR),
-        ("IDENTITY_INFO", state.identity_info.len(), capacity::IDENTITIES),
+        (
+            "IDENTITY_INFO",
+            state.identity_info.len(),
+            capacity::IDENTITIES,
+        ),
         ("RULES", state.rules.len(), capacity::RULES),
     ];
     for (map, needed, capacity) in checks {

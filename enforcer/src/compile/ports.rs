@@ -29,7 +29,11 @@ pub fn blocks(first: u16, last: u16) -> Vec<PortBlock> {
     let end = u32::from(last);
     while start <= end {
         // The largest power of two that both divides `start` and fits in what is left.
-        let mut size_log = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        let mut size_log = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
         while (1u32 << size_log) > end - start + 1 {
             size_log -= 1;
         }
@@ -99,12 +103,24 @@ mod tests {
 
     #[test]
     fn single_port_is_one_block() {
-        assert_eq!(blocks(443, 443), [PortBlock { first: 443, prefix_len: 16 }]);
+        assert_eq!(
+            blocks(443, 443),
+            [PortBlock {
+                first: 443,
+                prefix_len: 16
+            }]
+        );
     }
 
     #[test]
     fn full_range_is_one_block() {
-        assert_eq!(blocks(0, u16::MAX), [PortBlock { first: 0, prefix_len: 0 }]);
+        assert_eq!(
+            blocks(0, u16::MAX),
+            [PortBlock {
+                first: 0,
+                prefix_len: 0
+            }]
+        );
     }
 
     #[test]
@@ -129,12 +145,32 @@ mod tests {
     #[test]
     fn higher_priority_wins_and_neighbours_merge() {
         let claims = [
-            Claim { first: 1, last: 100, priority: 1, order: 0, outcome: 'a' },
-            Claim { first: 50, last: 60, priority: 2, order: 5, outcome: 'd' },
-            Claim { first: 90, last: 200, priority: 1, order: 1, outcome: 'b' },
+            Claim {
+                first: 1,
+                last: 100,
+                priority: 1,
+                order: 0,
+                outcome: 'a',
+            },
+            Claim {
+                first: 50,
+                last: 60,
+                priority: 2,
+                order: 5,
+                outcome: 'd',
+            },
+            Claim {
+                first: 90,
+                last: 200,
+                priority: 1,
+                order: 1,
+                outcome: 'b',
+            },
         ];
-        let resolved: Vec<(u16, u16, char)> =
-            resolve(&claims).into_iter().map(|(f, l, c)| (f, l, c.outcome)).collect();
+        let resolved: Vec<(u16, u16, char)> = resolve(&claims)
+            .into_iter()
+            .map(|(f, l, c)| (f, l, c.outcome))
+            .collect();
         assert_eq!(
             resolved,
             [(1, 49, 'a'), (50, 60, 'd'), (61, 100, 'a'), (101, 200, 'b')]

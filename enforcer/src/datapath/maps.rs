@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use enforcer_common::{
     ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, CgroupKey, IdentityInfo, IdentityKey,
@@ -70,7 +73,10 @@ impl PolicyMaps {
     ) -> Result<(), DatapathError> {
         let index = slot as usize & 1;
         for (id, info) in &state.identity_info {
-            let key = IdentityKey { slot, identity: *id };
+            let key = IdentityKey {
+                slot,
+                identity: *id,
+            };
             self.identity_info
                 .insert(key, info, 0)
                 .map_err(map_error(names::IDENTITY_INFO))?;
@@ -85,7 +91,13 @@ impl PolicyMaps {
         }
         for (prefix, value) in &state.addr_cidr {
             let bits = ADDR_LPM_SLOT_BITS + u32::from(prefix.bits);
-            let key = Key::new(bits, AddrLpmData { slot, addr: prefix.addr });
+            let key = Key::new(
+                bits,
+                AddrLpmData {
+                    slot,
+                    addr: prefix.addr,
+                },
+            );
             self.addr_cidr
                 .insert(&key, value, 0)
                 .map_err(map_error(names::ADDR_CIDR))?;
@@ -127,19 +139,27 @@ impl PolicyMaps {
         let written = std::mem::take(&mut self.written[slot as usize & 1]);
         // A key that is already gone is fine: the goal is an empty slot.
         for id in written.identities {
-            let _ = self.identity_info.remove(&IdentityKey { slot, identity: id });
+            let _ = self
+                .identity_info
+                .remove(&IdentityKey { slot, identity: id });
         }
         for addr in written.addr_exact {
             let _ = self.addr_exact.remove(&AddrKey { slot, addr });
         }
         for (bits, addr) in written.addr_cidr {
-            let _ = self.addr_cidr.remove(&Key::new(bits, AddrLpmData { slot, addr }));
+            let _ = self
+                .addr_cidr
+                .remove(&Key::new(bits, AddrLpmData { slot, addr }));
         }
         for (bits, data) in written.rules {
             let _ = self.rules.remove(&Key::new(bits, data));
         }
         for cgroup_id in written.cgroups.into_keys() {
-            let _ = self.cgroup_identity.remove(&CgroupKey { cgroup_id, slot, _pad: 0 });
+            let _ = self.cgroup_identity.remove(&CgroupKey {
+                cgroup_id,
+                slot,
+                _pad: 0,
+            });
         }
         Ok(())
     }
@@ -156,7 +176,11 @@ impl PolicyMaps {
             .copied()
             .collect();
         for cgroup_id in &stale {
-            let key = CgroupKey { cgroup_id: *cgroup_id, slot, _pad: 0 };
+            let key = CgroupKey {
+                cgroup_id: *cgroup_id,
+                slot,
+                _pad: 0,
+            };
             // A cgroup removed since the last sync may already be gone from the map.
             let _ = self.cgroup_identity.remove(&key);
             written.remove(cgroup_id);
@@ -166,7 +190,11 @@ impl PolicyMaps {
             if written.get(cgroup_id) == Some(identity) {
                 continue;
             }
-            let key = CgroupKey { cgroup_id: *cgroup_id, slot, _pad: 0 };
+            let key = CgroupKey {
+                cgroup_id: *cgroup_id,
+                slot,
+                _pad: 0,
+            };
             self.cgroup_identity
                 .insert(key, identity, 0)
                 .map_err(map_error(names::CGROUP_IDENTITY))?;

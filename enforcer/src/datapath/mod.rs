@@ -29,7 +29,9 @@ const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 /// Errors loading, attaching or writing the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild with bpf-linker installed")]
+    #[error(
+        "this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild with bpf-linker installed"
+    )]
     NoObject,
     #[error("loading the kernel object")]
     Load(#[source] EbpfError),
@@ -91,10 +93,14 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| DatapathError::Program { program: name, source })?;
-            program
-                .load()
-                .map_err(|source| DatapathError::Program { program: name, source })?;
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
+            program.load().map_err(|source| DatapathError::Program {
+                program: name,
+                source,
+            })?;
         }
         let maps = PolicyMaps::take(&mut ebpf)?;
         let events = ebpf
@@ -168,12 +174,18 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| DatapathError::Program { program: name, source })?;
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
             // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
             // link_create accepts for cgroups; links always coexist with other programs.
             program
                 .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Program { program: name, source })?;
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
         }
         Ok(())
     }

@@ -160,7 +160,11 @@ fn endpoint(context: &PolicyContext, id: u32, ip: IpAddr, port: Option<u16>) -> 
 }
 
 fn process(event: &FlowEvent) -> FlowProcess {
-    let end = event.comm.iter().position(|b| *b == 0).unwrap_or(event.comm.len());
+    let end = event
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(event.comm.len());
     let cmd_line = fs::read(format!("/proc/{}/cmdline", event.pid))
         .ok()
         .filter(|raw| !raw.is_empty())

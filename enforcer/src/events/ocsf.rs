@@ -95,10 +95,9 @@ fn endpoint(endpoint: &FlowEndpoint) -> Value {
 #[must_use]
 pub fn render(record: &FlowRecord, product: &Product) -> Value {
     let (activity_id, action_id, disposition_id) = verdict_ids(record.verdict);
-    let time = record
-        .time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+    let time = record.time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    });
     let mut rule = Map::new();
     rule.insert("uid".to_owned(), json!(record.rule.uid));
     rule.insert("name".to_owned(), json!(record.rule.name));

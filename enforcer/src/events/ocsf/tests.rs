@@ -27,8 +27,18 @@ fn denial() -> FlowRecord {
         protocol: 6,
         ip_version: 4,
         outbound: true,
-        src: endpoint("web", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), Some(40000), true),
-        dst: endpoint("db", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), Some(5432), true),
+        src: endpoint(
+            "web",
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            Some(40000),
+            true,
+        ),
+        dst: endpoint(
+            "db",
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            Some(5432),
+            true,
+        ),
         process: Some(FlowProcess {
             pid: 42,
             name: "curl".to_owned(),
@@ -72,9 +82,15 @@ fn denial_carries_the_contract_fields() {
     assert_eq!(event["device"]["type_id"], 1);
     assert_eq!(event["metadata"]["version"], "1.1.0");
     assert_eq!(event["metadata"]["product"]["name"], "enforcer");
-    assert_eq!(event["metadata"]["profiles"], json!(["security_control", "host"]));
+    assert_eq!(
+        event["metadata"]["profiles"],
+        json!(["security_control", "host"])
+    );
     assert_eq!(event["firewall_rule"]["uid"], "rules/web.toml:12");
-    assert_eq!(event["firewall_rule"]["desc"], "web never reaches the database");
+    assert_eq!(
+        event["firewall_rule"]["desc"],
+        "web never reaches the database"
+    );
     assert_eq!(event["firewall_rule"]["version"], "abc123");
     assert_eq!(event["count"], 1);
     assert_eq!(event["unmapped"]["mode"], "enforce");
@@ -92,7 +108,12 @@ fn audit_is_an_allowed_logged_open() {
     };
     let event = render(&record, &Product::default());
     assert_eq!(
-        (&event["activity_id"], &event["type_uid"], &event["action_id"], &event["disposition_id"]),
+        (
+            &event["activity_id"],
+            &event["type_uid"],
+            &event["action_id"],
+            &event["disposition_id"]
+        ),
         (&json!(1), &json!(400_101), &json!(1), &json!(17))
     );
     assert_eq!(event["unmapped"]["mode"], "audit");
@@ -116,10 +137,21 @@ fn icmp_has_no_ports_and_icmpv6_is_icmp() {
 #[test]
 fn direction_follows_world_and_origin() {
     let mut record = denial();
-    record.dst = endpoint("@world", IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), Some(443), false);
-    assert_eq!(render(&record, &Product::default())["connection_info"]["direction_id"], 2);
+    record.dst = endpoint(
+        "@world",
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+        Some(443),
+        false,
+    );
+    assert_eq!(
+        render(&record, &Product::default())["connection_info"]["direction_id"],
+        2
+    );
     record.outbound = false;
-    assert_eq!(render(&record, &Product::default())["connection_info"]["direction_id"], 1);
+    assert_eq!(
+        render(&record, &Product::default())["connection_info"]["direction_id"],
+        1
+    );
 }
 
 #[test]
