@@ -10,6 +10,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use enforcer_common::counter;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -29,6 +30,9 @@ use crate::{
 /// How often the cgroup tree is rescanned; new cgroups get their identity within this time (and
 /// inherit their parent's until then).
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often the lost-event counter is checked; a growing count is logged as a warning.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +187,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
+    let mut events_lost = 0;
 
     loop {
         tokio::select! {
@@ -201,6 +207,14 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                     // The root vanished or is unreadable: keep the labels we have (still
                     // enforcing) and say so.
                     Err(error) => error!(%error, "rescanning cgroups failed"),
+                }
+            }
+            _ = loss_check.tick() => {
+                let lost = counters.read().ok().and_then(|v| v.get(counter::EVENTS_LOST as usize).copied());
+                if let Some(lost) = lost.filter(|lost| *lost > events_lost) {
+                    warn!(lost_since_last_check = lost - events_lost, total = lost,
+                        "the event ring buffer was full: events were lost (verdicts still applied)");
+                    events_lost = lost;
                 }
             }
             guard = ring.readable_mut() => {
