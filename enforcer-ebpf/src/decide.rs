@@ -171,7 +171,7 @@ fn local_identity(slot: u32) -> Option<u32> {
         _pad: 0,
     };
     // SAFETY: hash map values are read-only copies for us; user space replaces, never mutates in place.
-    if let Some(id) = unsafe { CGROUP_IDENTITY.get(&key) } {
+    if let Some(id) = unsafe { CGROUP_IDENTITY.get(key) } {
         return Some(*id);
     }
     let mut level = MAX_CGROUP_DEPTH;
@@ -181,7 +181,7 @@ fn local_identity(slot: u32) -> Option<u32> {
         if ancestor != 0 {
             key.cgroup_id = ancestor;
             // SAFETY: as above.
-            if let Some(id) = unsafe { CGROUP_IDENTITY.get(&key) } {
+            if let Some(id) = unsafe { CGROUP_IDENTITY.get(key) } {
                 return Some(*id);
             }
         }
@@ -196,7 +196,7 @@ fn local_identity(slot: u32) -> Option<u32> {
 fn remote_identity(slot: u32, config: &SlotConfig, addr: &[u8; 16]) -> u32 {
     let exact = AddrKey { slot, addr: *addr };
     // SAFETY: as in `local_identity`.
-    let value = match unsafe { ADDR_EXACT.get(&exact) } {
+    let value = match unsafe { ADDR_EXACT.get(exact) } {
         Some(value) => Some(*value),
         None => ADDR_CIDR
             .get(Key::new(
@@ -215,5 +215,5 @@ fn remote_identity(slot: u32, config: &SlotConfig, addr: &[u8; 16]) -> u32 {
 #[inline(always)]
 fn identity_info(slot: u32, identity: u32) -> Option<IdentityInfo> {
     // SAFETY: as in `local_identity`.
-    unsafe { IDENTITY_INFO.get(&IdentityKey { slot, identity }) }.copied()
+    unsafe { IDENTITY_INFO.get(IdentityKey { slot, identity }) }.copied()
 }

@@ -11,21 +11,37 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use enforcer_common::hook;
 
 #[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     sock_addr::judge::<false>(&ctx, hook::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     sock_addr::judge::<true>(&ctx, hook::CONNECT6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     sock_addr::judge::<false>(&ctx, hook::SENDMSG4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr::judge::<true>(&ctx, hook::SENDMSG6)
 }

@@ -15,6 +15,9 @@ const MEMBERS: [&str; 5] = [
     "xtask",
 ];
 
+/// One step of the suite, run at most once.
+type Stage<'a> = Box<dyn FnOnce() -> anyhow::Result<()> + 'a>;
+
 /// Runs set-up, then every stage; stops at the first failure and prints a summary either way.
 ///
 /// # Errors
@@ -36,7 +39,7 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
         privileged.env("ENFORCER_REQUIRE_PRIVILEGED", "1");
     }
 
-    let mut stages: Vec<(&str, Box<dyn FnOnce() -> anyhow::Result<()>>)> = vec![
+    let mut stages: Vec<(&str, Stage<'_>)> = vec![
         (
             "rustfmt",
             Box::new(|| {
