@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub events: EventsTarget,
     /// Created once the policy is enforced, for supervisors and tests.
     pub ready_file: Option<PathBuf>,
+    /// Size of the kernel's event ring buffer; a burst larger than it loses events (counted).
+    pub event_buffer_bytes: u32,
 }
 
 /// Why the daemon stopped or could not start.
@@ -121,7 +123,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         EventsTarget::File(path) => JsonLines::file(path, Product::default())?,
     };
 
-    let mut datapath = Datapath::load()?;
+    let mut datapath = Datapath::load(config.event_buffer_bytes)?;
     let tree = CgroupTree::scan(&cgroup_root)?;
     let mut labels = identities.label(&tree);
     let generation = datapath.apply(&compiled.state, &labels)?;

@@ -57,6 +57,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             path => EventsTarget::File(path.into()),
         },
         ready_file: args.ready_file,
+        event_buffer_bytes: args.event_buffer_kib * 1024,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -54,4 +54,20 @@ pub struct RunArgs {
     /// A file to create once the policy is enforced (for supervisors and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Size of the kernel's event ring buffer in KiB: a power of two, at least 4. Bursts beyond
+    /// it lose events, which are counted and logged, never silently dropped.
+    #[arg(long, default_value_t = enforcer_common::capacity::EVENTS_BYTES / 1024, value_parser = event_buffer_kib)]
+    pub event_buffer_kib: u32,
+}
+
+fn event_buffer_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!(
+            "{kib} KiB: the ring buffer must be a power of two between 4 KiB and 1 GiB"
+        ));
+    }
+    Ok(kib)
 }

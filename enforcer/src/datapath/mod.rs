@@ -10,7 +10,7 @@ mod maps;
 use std::{collections::BTreeMap, fs::File, io, path::Path};
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
@@ -79,15 +79,19 @@ impl std::fmt::Debug for Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel (verifier included) without attaching them.
+    /// Loads the programs into the kernel (verifier included) without attaching them, with an
+    /// event ring buffer of `event_buffer_bytes` (a power of two, at least one page).
     ///
     /// # Errors
     /// When the object is missing or the kernel refuses a program or map.
-    pub fn load() -> Result<Self, DatapathError> {
+    pub fn load(event_buffer_bytes: u32) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, event_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(DatapathError::Load)?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
