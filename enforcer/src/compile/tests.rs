@@ -14,7 +14,10 @@ fn compiled(text: &str, node: &str) -> (CompiledPolicy, Identities) {
 }
 
 fn id(ids: &Identities, name: &str) -> u32 {
-    ids.iter().find(|i| i.name == name).map(|i| i.id).expect("identity")
+    ids.iter()
+        .find(|i| i.name == name)
+        .map(|i| i.id)
+        .expect("identity")
 }
 
 /// The verdict the kernel would find for one port: the longest matching block.
@@ -93,7 +96,10 @@ fn deny_beats_allow_inside_a_range() {
     assert_eq!(at(9051), Some(VERDICT_ALLOW));
     assert_eq!(at(9100), Some(VERDICT_ALLOW));
     assert_eq!(at(9101), None);
-    assert_eq!(lookup(&c, web, db, protocol::TCP, 9050).map(|v| v.rule_id), Some(1));
+    assert_eq!(
+        lookup(&c, web, db, protocol::TCP, 9050).map(|v| v.rule_id),
+        Some(1)
+    );
 }
 
 #[test]
@@ -114,7 +120,12 @@ fn ranges_cost_bounded_entries() {
 fn any_covers_every_protocol_and_inline_selectors_resolve() {
     let (c, ids) = compiled(BASE, "local");
     let dev = id(&ids, "dev");
-    for (proto, port) in [(protocol::TCP, 1), (protocol::UDP, 53), (protocol::ICMP, 0), (protocol::OTHER, 7)] {
+    for (proto, port) in [
+        (protocol::TCP, 1),
+        (protocol::UDP, 53),
+        (protocol::ICMP, 0),
+        (protocol::OTHER, 7),
+    ] {
         let v = lookup(&c, dev, identity::WORLD, proto, port).expect("allowed");
         assert_eq!(v.verdict, VERDICT_ALLOW);
     }
@@ -130,13 +141,19 @@ fn segment_membership_and_addresses() {
     assert_eq!(c.state.identity_info[&identity::WORLD].flags, 0);
     let local = c.state.addr_exact[&ipv4_mapped([10, 0, 0, 1])];
     assert_eq!(local.flags, ADDR_LOCAL);
-    assert_eq!(c.state.addr_exact[&ipv4_mapped([10, 0, 0, 2])].identity, id(&ids, "db"));
+    assert_eq!(
+        c.state.addr_exact[&ipv4_mapped([10, 0, 0, 2])].identity,
+        id(&ids, "db")
+    );
     assert_eq!(c.state.config.local_identity, id(&ids, "local"));
 }
 
 #[test]
 fn audit_modes() {
-    let global = BASE.replace("failsafe_inbound = []", "failsafe_inbound = []\nmode = \"audit\"");
+    let global = BASE.replace(
+        "failsafe_inbound = []",
+        "failsafe_inbound = []\nmode = \"audit\"",
+    );
     let (c, ids) = compiled(&global, "local");
     let v = lookup(&c, id(&ids, "web"), id(&ids, "db"), protocol::TCP, 9050).expect("entry");
     assert_eq!(v.flags & RULE_AUDIT, RULE_AUDIT);
@@ -165,7 +182,8 @@ fn failsafe_wins_over_deny_for_local_destinations_only() {
     let text = BASE.replace("failsafe_inbound = []", "failsafe_inbound = [\"tcp/22\"]")
         + "\n[[deny]]\nfrom = \"@any\"\nto = \"@any\"\nports = [\"tcp/22\"]\n";
     let (c, ids) = compiled(&text, "local");
-    let to_local = lookup(&c, id(&ids, "web"), id(&ids, "local"), protocol::TCP, 22).expect("entry");
+    let to_local =
+        lookup(&c, id(&ids, "web"), id(&ids, "local"), protocol::TCP, 22).expect("entry");
     assert_eq!(to_local.verdict, VERDICT_ALLOW);
     assert_eq!(to_local.flags & RULE_FAILSAFE, RULE_FAILSAFE);
     let to_remote = lookup(&c, id(&ids, "web"), id(&ids, "db"), protocol::TCP, 22).expect("entry");

@@ -280,6 +280,9 @@ labels = { role = "db" }
     fn unknown_node_falls_back_to_host() {
         let ids = Identities::build(&policy(TEXT), "not-in-policy").expect("identities");
         assert_eq!(ids.local_default(), identity::HOST);
-        assert_eq!(ids.get(identity::WORLD).map(|i| i.kind), Some(IdentityKind::World));
+        assert_eq!(
+            ids.get(identity::WORLD).map(|i| i.kind),
+            Some(IdentityKind::World)
+        );
     }
 }
