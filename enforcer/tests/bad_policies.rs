@@ -64,6 +64,10 @@ bad_policy! {
         "segments.toml:2:8",
         "duplicate name `web`: this [[segment]] has the same name as the [[segment]] at rules/web.toml:3:8",
     )];
+    duplicate_across_tables: "duplicate-across-tables" => [(
+        "workloads.toml:2:8",
+        "duplicate name `web`: this [[workload]] has the same name as the [[segment]] at segments.toml:3:8",
+    )];
     duplicate_identity_name: "duplicate-identity-name" => [(
         "peers.toml:3:8",
         "duplicate name `db-1`: this [[peer]] has the same name as the [[node]] at nodes.toml:2:8",

@@ -65,16 +65,16 @@ name = "finance"
 select = { segment = "finance" }
 
 [[segment]]
-name = "web"
+name = "web-tier"
 select = { segment = "web" }
 
 [[allow]]
-from = "web"
+from = "web-tier"
 to = "finance"
 ports = ["tcp/9000-9100"]
 
 [[deny]]
-from = "web"
+from = "web-tier"
 to = "finance"
 ports = ["tcp/9050"]
 
@@ -169,8 +169,8 @@ fn audit_modes() {
     assert_eq!(v.flags & RULE_AUDIT, 0);
 
     let per_segment = BASE.replace(
-        "name = \"web\"\nselect = { segment = \"web\" }",
-        "name = \"web\"\nselect = { segment = \"web\" }\nmode = \"audit\"",
+        "name = \"web-tier\"\nselect = { segment = \"web\" }",
+        "name = \"web-tier\"\nselect = { segment = \"web\" }\nmode = \"audit\"",
     );
     let (c, ids) = compiled(&per_segment, "local");
     let v = lookup(&c, id(&ids, "web"), id(&ids, "db"), protocol::TCP, 9050).expect("entry");

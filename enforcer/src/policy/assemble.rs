@@ -20,7 +20,8 @@ pub(super) fn assemble(
 ) -> Policy {
     let mut policy = Policy::default();
     let mut settings_at: Option<Location> = None;
-    let mut names: HashMap<(Namespace, String), (TableKind, Location)> = HashMap::new();
+    // POLICY.md: names are unique across the whole policy, whatever table defines them.
+    let mut names: HashMap<String, (TableKind, Location)> = HashMap::new();
     let mut addresses = HashMap::new();
     let mut cidrs = HashMap::new();
     let mut node_refs = Vec::new();
@@ -42,7 +43,7 @@ pub(super) fn assemble(
             }
         }
         for def in file.names {
-            match names.entry((Namespace::of(def.table), def.name.clone())) {
+            match names.entry(def.name.clone()) {
                 Entry::Occupied(first) => {
                     let (first_table, first) = first.get().clone();
                     let duplicate = PolicyErrorKind::DuplicateName {
@@ -80,13 +81,9 @@ pub(super) fn assemble(
         rules.extend(file.rules);
     }
 
-    let defined = |namespace: Namespace, name: &str| {
-        names
-            .get(&(namespace, name.to_owned()))
-            .map(|(table, _)| *table)
-    };
+    let defined = |name: &str| names.get(name).map(|(table, _)| *table);
     for (name, location) in node_refs {
-        if defined(Namespace::Identity, &name) != Some(TableKind::Node) && complete {
+        if defined(&name) != Some(TableKind::Node) && complete {
             errors.push(PolicyError::new(
                 Some(location),
                 PolicyErrorKind::UndefinedNode { name },
@@ -106,9 +103,8 @@ pub(super) fn assemble(
                 return Some(Endpoint::Segment(index));
             }
             // A segment table with errors of its own still defines its name.
-            if defined(Namespace::Segment, &name).is_none() && complete {
-                let defined_as =
-                    defined(Namespace::Identity, &name).or_else(|| defined(Namespace::Rule, &name));
+            let defined_as = defined(&name);
+            if defined_as != Some(TableKind::Segment) && complete {
                 let undefined = PolicyErrorKind::UndefinedSegment {
                     key,
                     name,
@@ -130,29 +126,6 @@ pub(super) fn assemble(
         }
     }
     policy
-}
-
-/// Where a name must be unique. Each is what one kind of reference or event field names, so a
-/// name always means one thing where it is used: identities (event endpoints, `nodes`, `--node`),
-/// segments (`from`/`to`, `default-deny:<segment>`) and rules (`firewall_rule.name`). A segment may
-/// therefore share its name with the workload it selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Namespace {
-    Identity,
-    Segment,
-    Rule,
-}
-
-impl Namespace {
-    const fn of(table: TableKind) -> Self {
-        match table {
-            TableKind::Segment => Self::Segment,
-            TableKind::Allow | TableKind::Deny => Self::Rule,
-            TableKind::Settings | TableKind::Node | TableKind::Workload | TableKind::Peer => {
-                Self::Identity
-            }
-        }
-    }
 }
 
 /// Records each claim, reporting any value an earlier claim already holds.

@@ -295,9 +295,9 @@ ports = ["udp/53"]
 }
 
 #[test]
-fn a_segment_may_share_its_name_with_what_it_selects() {
-    // Names are unique per kind of reference: `from`/`to` only ever name segments.
-    let policy = parse_ok(
+fn names_are_unique_across_every_table() {
+    // POLICY.md: one namespace for the whole policy, so a name never means two things.
+    assert_one_error(
         r#"
 [[workload]]
 name = "web"
@@ -307,16 +307,10 @@ labels = { segment = "web" }
 [[segment]]
 name = "web"
 select = { segment = "web" }
-
-[[allow]]
-name = "web"
-from = "web"
-to = "@world"
-ports = ["tcp/443"]
 "#,
+        "8:8",
+        "p.toml:3:8",
     );
-    assert_eq!(policy.workloads[0].name, "web");
-    assert_eq!(policy.rules[0].from, Endpoint::Segment(0));
 }
 
 #[test]

@@ -179,7 +179,7 @@ fn the_example_policy_loads() {
     );
     assert_eq!(
         names(policy.segments.iter().map(|n| n.name.as_str()).collect()),
-        "web api finance dev jump monitoring"
+        "web-tier api-tier finance dev jump monitoring"
     );
     let monitoring = policy
         .segments
@@ -233,7 +233,7 @@ fn the_example_policy_loads() {
     };
     let web_never_finance = rule("web-never-finance");
     assert_eq!(web_never_finance.action, Action::Deny);
-    assert_eq!(web_never_finance.from, segment("web"));
+    assert_eq!(web_never_finance.from, segment("web-tier"));
     assert_eq!(web_never_finance.to, segment("finance"));
     assert_eq!(web_never_finance.ports, [PortTerm::Any]);
     assert_eq!(rule("dev-never-finance").from, segment("dev"));
