@@ -21,7 +21,7 @@
 //! labels = { segment = "web" }
 //!
 //! [[segment]]
-//! name = "web"
+//! name = "web-seg"
 //! select = { segment = "web" }
 //! "#)
 //!     .start();
@@ -29,7 +29,7 @@
 //! let outcome = lab.probe("web").tcp_connect(lab.server4(), 80);
 //! outcome.assert_denied();
 //! let ev = lab.daemon().wait_for_events(1, enforcer_tests::EVENT_TIMEOUT).remove(0);
-//! events::assert_rule(&ev, "default-deny:web");
+//! events::assert_rule(&ev, "default-deny:web-seg");
 //! ```
 //!
 //! See `tests/README.md` for how to add a test.

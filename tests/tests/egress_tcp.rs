@@ -31,11 +31,11 @@ cidrs = ["${NET4}.30.0/24", "${NET6}:30::/64"]
 labels = { zone = "other" }
 
 [[segment]]
-name = "web"
+name = "web-seg"
 select = { segment = "web" }
 
 [[segment]]
-name = "db"
+name = "db-seg"
 select = { segment = "db" }
 "#;
 
@@ -56,8 +56,8 @@ fn allowed_connect_succeeds_and_denied_fails_with_eperm_at_once() {
     }
     let lab = lab(r#"
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/5432"]
 "#);
     let server = lab.server4();
@@ -78,7 +78,7 @@ ports = ["tcp/5432"]
     // Both ends are members; either segment's default may be the one named.
     let uid = events::str_at(&ev, "firewall_rule.uid");
     assert!(
-        ["default-deny:web", "default-deny:db"].contains(&uid),
+        ["default-deny:web-seg", "default-deny:db-seg"].contains(&uid),
         "firewall_rule.uid {uid:?}"
     );
 }
@@ -90,13 +90,13 @@ fn deny_beats_allow() {
     }
     let lab = lab(r#"
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["any"]
 
 [[deny]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/6379"]
 description = "not the cache port"
 "#);
@@ -138,13 +138,13 @@ fn segment_members_are_denied_by_default_and_unsegmented_traffic_passes() {
         .find(|e| events::is_to(e, other, Some(80)))
         .expect("event for web -> other");
     events::assert_names(from_web, "web", "other");
-    events::assert_rule(from_web, "default-deny:web");
+    events::assert_rule(from_web, "default-deny:web-seg");
     let to_db = evs
         .iter()
         .find(|e| events::is_to(e, db, Some(80)))
         .expect("event for batch -> db");
     events::assert_names(to_db, "batch", "db");
-    events::assert_rule(to_db, "default-deny:db");
+    events::assert_rule(to_db, "default-deny:db-seg");
 }
 
 #[test]
@@ -154,8 +154,8 @@ fn ipv6_connect_is_judged_like_ipv4() {
     }
     let lab = lab(r#"
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/443"]
 "#);
     let server = lab.server6();
@@ -180,8 +180,8 @@ fn port_range_includes_both_ends_and_nothing_beyond() {
     }
     let lab = lab(r#"
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/9000-9100"]
 "#);
     let server = lab.server4();
@@ -223,8 +223,8 @@ fn ipv6_range_boundaries() {
     }
     let lab = lab(r#"
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/1-1024"]
 "#);
     let server = lab.server6();

@@ -23,12 +23,12 @@ name = "infra"
 select = { segment = "infra" }
 
 [[segment]]
-name = "dns"
+name = "dns-seg"
 select = { segment = "dns" }
 
 [[allow]]
 from = "infra"
-to = "dns"
+to = "dns-seg"
 ports = ["udp/53", "icmp"]
 "#;
 

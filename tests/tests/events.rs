@@ -25,22 +25,22 @@ cidrs = ["${SERVER4}/32", "${SERVER6}/128"]
 labels = { app = "postgres", segment = "db" }
 
 [[segment]]
-name = "web"
+name = "web-seg"
 select = { segment = "web" }
 
 [[segment]]
-name = "db"
+name = "db-seg"
 select = { segment = "db" }
 
 [[allow]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/5000-5500"]
 description = "web reads the database"
 
 [[deny]]
-from = "web"
-to = "db"
+from = "web-seg"
+to = "db-seg"
 ports = ["tcp/5400"]
 description = "no admin port from web"
 "#;
@@ -122,7 +122,8 @@ fn denial_event_carries_every_contract_field() {
 
     assert_eq!(u64_at(&ev, "actor.process.pid"), u64::from(denied.pid));
     assert_eq!(str_at(&ev, "actor.process.name"), "enforcer-probe");
-    assert_eq!(u64_at(&ev, "actor.process.user.uid"), 0);
+    // OCSF types user.uid as a string.
+    assert_eq!(str_at(&ev, "actor.process.user.uid"), "0");
     if let Some(cmd) = events::try_field(&ev, "actor.process.cmd_line") {
         let cmd = cmd.as_str().expect("cmd_line is a string");
         assert!(
@@ -183,7 +184,7 @@ fn default_deny_event_names_the_segment_and_world_is_outbound() {
     denied.assert_denied();
     let ev = lab.daemon().wait_for_events(1, EVENT_TIMEOUT).remove(0);
     events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_rule(&ev, "default-deny:web");
+    events::assert_rule(&ev, "default-deny:web-seg");
     events::assert_names(&ev, "web", "@world");
     assert_eq!(ip_at(&ev, "dst_endpoint.ip"), world);
     assert_eq!(u64_at(&ev, "connection_info.protocol_ver_id"), 6);

@@ -17,7 +17,7 @@ cgroup = "app"
 labels = { segment = "app" }
 
 [[segment]]
-name = "app"
+name = "app-seg"
 select = { segment = "app" }
 "#;
 
@@ -45,7 +45,7 @@ labels = {{ role = "db" }}
 
 # Only the /24 is open: an address that resolved to the /16 or to the node would be refused.
 [[allow]]
-from = "app"
+from = "app-seg"
 to = {{ zone = "narrow" }}
 ports = ["tcp/80"]
 "#
@@ -97,7 +97,7 @@ fn world_is_what_no_table_claims_and_can_be_named() {
     let policy = format!(
         r#"{APP}
 [[allow]]
-from = "app"
+from = "app-seg"
 to = "@world"
 ports = ["tcp/443"]
 "#
@@ -213,7 +213,7 @@ cgroup = "svc/**"
 labels = { app = "outer" }
 
 [[segment]]
-name = "locked"
+name = "locked-seg"
 select = { segment = "locked" }
 "#,
         )
@@ -254,7 +254,7 @@ cgroup = "svc"
 labels = { app = "svc" }
 
 [[segment]]
-name = "locked"
+name = "locked-seg"
 select = { segment = "locked" }
 "#,
         )
@@ -291,7 +291,7 @@ cgroup = "apps/late-*"
 labels = { segment = "late" }
 
 [[segment]]
-name = "late"
+name = "late-seg"
 select = { segment = "late" }
 "#,
         )
@@ -357,12 +357,12 @@ cidrs = ["${SERVER4}/32"]
 labels = { segment = "db" }
 
 [[segment]]
-name = "db"
+name = "db-seg"
 select = { segment = "db" }
 
 [[allow]]
 from = "@host"
-to = "db"
+to = "db-seg"
 ports = ["tcp/80"]
 "#,
         )

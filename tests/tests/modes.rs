@@ -24,16 +24,16 @@ cidrs = ["${SERVER4}/32", "${SERVER6}/128"]
 labels = { segment = "db" }
 
 [[segment]]
-name = "web"
+name = "web-seg"
 select = { segment = "web" }
 
 [[segment]]
-name = "db"
+name = "db-seg"
 select = { segment = "db" }
 
 [[deny]]
-from = "staging"
-to = "db"
+from = "staging-seg"
+to = "db-seg"
 ports = ["tcp/5432"]
 "#;
 
@@ -53,7 +53,7 @@ fn global_audit_mode_lets_denials_through_and_reports_them() {
     }
     let lab = lab(r#"
 [[segment]]
-name = "staging"
+name = "staging-seg"
 select = { segment = "staging" }
 
 [settings]
@@ -82,7 +82,7 @@ mode = "audit"
         .find(|e| events::is_to(e, world, Some(80)))
         .expect("audit event for web -> world");
     events::assert_verdict(by_default, Verdict::Audit);
-    events::assert_rule(by_default, "default-deny:web");
+    events::assert_rule(by_default, "default-deny:web-seg");
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn segment_audit_mode_covers_flows_out_of_and_into_the_segment_only() {
     }
     let lab = lab(r#"
 [[segment]]
-name = "staging"
+name = "staging-seg"
 select = { segment = "staging" }
 mode = "audit"
 "#);
@@ -135,9 +135,9 @@ fn audit_segment_as_destination_makes_the_flow_audited() {
         .policy(
             "main.toml",
             &(SEGMENTS.replace(
-                "[[segment]]\nname = \"db\"\nselect = { segment = \"db\" }\n",
-                "[[segment]]\nname = \"db\"\nselect = { segment = \"db\" }\nmode = \"audit\"\n",
-            ) + "\n[[segment]]\nname = \"staging\"\nselect = { segment = \"staging\" }\n"),
+                "[[segment]]\nname = \"db-seg\"\nselect = { segment = \"db\" }\n",
+                "[[segment]]\nname = \"db-seg\"\nselect = { segment = \"db\" }\nmode = \"audit\"\n",
+            ) + "\n[[segment]]\nname = \"staging-seg\"\nselect = { segment = \"staging\" }\n"),
         )
         .start();
     assert!(

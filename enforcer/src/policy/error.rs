@@ -180,8 +180,7 @@ pub enum PolicyErrorKind {
 
     #[error(
         "duplicate name `{name}`: this {table} has the same name as the {first_table} at {first} \
-         ({})",
-        UniqueAmong(*.table)
+         (names are unique across the whole policy)"
     )]
     DuplicateName {
         name: String,
@@ -313,20 +312,6 @@ impl fmt::Display for NoFiles<'_> {
                 self.0.display()
             )
         }
-    }
-}
-
-struct UniqueAmong(TableKind);
-
-impl fmt::Display for UniqueAmong {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            TableKind::Segment => "segment names are unique across the whole policy",
-            TableKind::Allow | TableKind::Deny => "rule names are unique across the whole policy",
-            TableKind::Settings | TableKind::Node | TableKind::Workload | TableKind::Peer => {
-                "nodes, workloads and peers share one set of names across the whole policy"
-            }
-        })
     }
 }
 

@@ -139,7 +139,7 @@ fn duplicate_names_name_both_places() {
         errors,
         [
             "b.toml:2:8: duplicate name `web`: this [[segment]] has the same name as the [[segment]] \
-          at a.toml:3:8 (segment names are unique across the whole policy)"
+          at a.toml:3:8 (names are unique across the whole policy)"
         ]
     );
     // Nodes, workloads and peers are all identities: one set of names.
@@ -147,7 +147,7 @@ fn duplicate_names_name_both_places() {
         "[[node]]\nname = \"db\"\n[[peer]]\nname = \"db\"\ncidrs = [\"10.0.0.0/8\"]\n[[workload]]\nname = \"db\"\ncgroup = \"db\"\n",
     );
     assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert!(errors[0].starts_with("p.toml:4:8: duplicate name `db`: this [[peer]] has the same name as the [[node]] at p.toml:2:8 (nodes, workloads and peers share one set of names"));
+    assert!(errors[0].starts_with("p.toml:4:8: duplicate name `db`: this [[peer]] has the same name as the [[node]] at p.toml:2:8 (names are unique across the whole policy)"));
     assert!(errors[1].starts_with("p.toml:7:8: duplicate name `db`: this [[workload]] has the same name as the [[node]] at p.toml:2:8"));
     // Rule names too, allow and deny alike.
     let errors = errors_of(&format!(
@@ -157,7 +157,7 @@ fn duplicate_names_name_both_places() {
         errors,
         [
             "p.toml:7:8: duplicate name `x`: this [[deny]] has the same name as the [[allow]] at \
-          p.toml:2:8 (rule names are unique across the whole policy)"
+          p.toml:2:8 (names are unique across the whole policy)"
         ]
     );
 }
