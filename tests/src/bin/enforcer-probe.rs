@@ -5,9 +5,12 @@
 //! enforcer-probe [--cgroup DIR] [--netns NAME] ACTION
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
 //!   tcp-listen ADDR PORT  | udp-listen ADDR PORT
+//!   udp-burst ADDR PORT COUNT
 //! ```
 //!
 //! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).
+//! `udp-burst` sends COUNT datagrams from one socket as fast as it can and prints
+//! `sent=S refused=R pid=N` (exit 0 whatever the verdicts; 1 on any error but EPERM).
 //! Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
 //! datagram, and serve until killed. Usage errors exit 2.
 //!
@@ -41,6 +44,7 @@ enum Action {
     Ping(IpAddr),
     TcpListen(SocketAddr),
     UdpListen(SocketAddr),
+    UdpBurst(SocketAddr, u32),
 }
 
 struct Args {
@@ -71,7 +75,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             None => return Err("missing ACTION".to_owned()),
         }
     };
-    const VERBS: [&str; 6] = [
+    const VERBS: [&str; 7] = [
+        "udp-burst",
         "tcp-connect",
         "udp-sendto",
         "udp-connect",
@@ -102,6 +107,15 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "tcp-listen" => Action::TcpListen(sock()?),
         "udp-listen" => Action::UdpListen(sock()?),
         "ping" => Action::Ping(addr),
+        "udp-burst" => {
+            let target = sock()?;
+            let count = argv
+                .next()
+                .ok_or("missing COUNT")?
+                .parse()
+                .map_err(|e| format!("bad COUNT: {e}"))?;
+            Action::UdpBurst(target, count)
+        }
         other => return Err(format!("unknown ACTION {other:?}")),
     };
     if let Some(extra) = argv.next() {
@@ -142,6 +156,20 @@ fn tcp_connect(addr: SocketAddr) -> io::Result<()> {
 fn udp_sendto(addr: SocketAddr) -> io::Result<()> {
     let sock = UdpSocket::bind(unspecified(&addr))?;
     sock.send_to(b"enforcer-probe", addr).map(drop)
+}
+
+/// Sends `count` datagrams from one socket; returns how many the kernel refused with EPERM.
+fn udp_burst(addr: SocketAddr, count: u32) -> io::Result<u32> {
+    let sock = UdpSocket::bind(unspecified(&addr))?;
+    let mut refused = 0;
+    for _ in 0..count {
+        match sock.send_to(b"enforcer-probe", addr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
 }
 
 fn udp_connect(addr: SocketAddr) -> io::Result<()> {
@@ -233,7 +261,20 @@ fn main() -> ExitCode {
         .as_deref()
         .map_or(Ok(()), join_cgroup)
         .and_then(|()| args.netns.as_deref().map_or(Ok(()), join_netns));
+    if let Action::UdpBurst(addr, count) = args.action {
+        return match setup.and_then(|()| udp_burst(addr, count)) {
+            Ok(refused) => {
+                println!("sent={count} refused={refused} pid={pid}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                println!("error errno={} pid={pid}", errno_of(&err));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = setup.and_then(|()| match args.action {
+        Action::UdpBurst(..) => unreachable!("handled above"),
         Action::TcpConnect(addr) => tcp_connect(addr),
         Action::UdpSendto(addr) => udp_sendto(addr),
         Action::UdpConnect(addr) => udp_connect(addr),
