@@ -93,18 +93,12 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
+            sock_addr_program(&mut ebpf, name)?
+                .load()
                 .map_err(|source| DatapathError::Program {
                     program: name,
                     source,
                 })?;
-            program.load().map_err(|source| DatapathError::Program {
-                program: name,
-                source,
-            })?;
         }
         let maps = PolicyMaps::take(&mut ebpf)?;
         let events = ebpf
@@ -173,15 +167,7 @@ impl Datapath {
             source,
         })?;
         for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    source,
-                })?;
+            let program = sock_addr_program(&mut self.ebpf, name)?;
             // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
             // link_create accepts for cgroups; links always coexist with other programs.
             program
@@ -212,6 +198,19 @@ impl Datapath {
     pub const fn generation(&self) -> u32 {
         self.generation
     }
+}
+
+fn sock_addr_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program {
+            program: name,
+            source,
+        })
 }
 
 /// Names of the counters, in index order, for reports.
