@@ -68,6 +68,10 @@ bad_policy! {
         "workloads.toml:2:8",
         "duplicate name `web`: this [[workload]] has the same name as the [[segment]] at segments.toml:3:8",
     )];
+    segment_named_like_a_workload: "segment-named-like-a-workload" => [(
+        "segments.toml:5:8",
+        "duplicate name `web`: this [[segment]] has the same name as the [[workload]] at inventory/workloads.toml:2:8",
+    )];
     duplicate_identity_name: "duplicate-identity-name" => [(
         "peers.toml:3:8",
         "duplicate name `db-1`: this [[peer]] has the same name as the [[node]] at nodes.toml:2:8",

@@ -2,7 +2,7 @@
 //! names, one owner per address and CIDR, and references to segments and nodes that exist.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, HashSet, hash_map::Entry},
     hash::Hash,
 };
 
@@ -20,8 +20,13 @@ pub(super) fn assemble(
 ) -> Policy {
     let mut policy = Policy::default();
     let mut settings_at: Option<Location> = None;
-    // POLICY.md: names are unique across the whole policy, whatever table defines them.
+    // POLICY.md: names are unique across the whole policy, whatever table defines them. One map
+    // for every table; the first definition of a name holds it.
     let mut names: HashMap<String, (TableKind, Location)> = HashMap::new();
+    // Every definition of a node or segment, duplicates included: a duplicate is reported once, as
+    // a duplicate, and references to it are not reported as undefined on top.
+    let mut defined_nodes: HashSet<String> = HashSet::new();
+    let mut defined_segments: HashSet<String> = HashSet::new();
     let mut addresses = HashMap::new();
     let mut cidrs = HashMap::new();
     let mut node_refs = Vec::new();
@@ -43,6 +48,15 @@ pub(super) fn assemble(
             }
         }
         for def in file.names {
+            match def.table {
+                TableKind::Node => {
+                    defined_nodes.insert(def.name.clone());
+                }
+                TableKind::Segment => {
+                    defined_segments.insert(def.name.clone());
+                }
+                _ => {}
+            }
             match names.entry(def.name.clone()) {
                 Entry::Occupied(first) => {
                     let (first_table, first) = first.get().clone();
@@ -81,9 +95,8 @@ pub(super) fn assemble(
         rules.extend(file.rules);
     }
 
-    let defined = |name: &str| names.get(name).map(|(table, _)| *table);
     for (name, location) in node_refs {
-        if defined(&name) != Some(TableKind::Node) && complete {
+        if !defined_nodes.contains(&name) && complete {
             errors.push(PolicyError::new(
                 Some(location),
                 PolicyErrorKind::UndefinedNode { name },
@@ -103,8 +116,8 @@ pub(super) fn assemble(
                 return Some(Endpoint::Segment(index));
             }
             // A segment table with errors of its own still defines its name.
-            let defined_as = defined(&name);
-            if defined_as != Some(TableKind::Segment) && complete {
+            if !defined_segments.contains(&name) && complete {
+                let defined_as = names.get(&name).map(|(table, _)| *table);
                 let undefined = PolicyErrorKind::UndefinedSegment {
                     key,
                     name,

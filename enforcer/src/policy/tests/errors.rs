@@ -142,7 +142,7 @@ fn duplicate_names_name_both_places() {
           at a.toml:3:8 (names are unique across the whole policy)"
         ]
     );
-    // Nodes, workloads and peers are all identities: one set of names.
+    // One set of names for every table: nodes, workloads and peers...
     let errors = errors_of(
         "[[node]]\nname = \"db\"\n[[peer]]\nname = \"db\"\ncidrs = [\"10.0.0.0/8\"]\n[[workload]]\nname = \"db\"\ncgroup = \"db\"\n",
     );
@@ -158,6 +158,76 @@ fn duplicate_names_name_both_places() {
         [
             "p.toml:7:8: duplicate name `x`: this [[deny]] has the same name as the [[allow]] at \
           p.toml:2:8 (names are unique across the whole policy)"
+        ]
+    );
+    // ...and across tables: a segment, a workload, a peer and a rule cannot share a name either.
+    let errors = error_lines(&[
+        (
+            "segments.toml",
+            "[[segment]]\nname = \"web\"\nselect = { segment = \"web\" }\n",
+        ),
+        (
+            "inventory.toml",
+            "[[workload]]\nname = \"web\"\ncgroup = \"web\"\n[[peer]]\nname = \"db\"\ncidrs = [\"10.0.0.0/8\"]\n",
+        ),
+        (
+            "rules.toml",
+            &format!("[[allow]]\nname = \"db\"\n{ANY_RULE}[[deny]]\nname = \"web\"\n{ANY_RULE}"),
+        ),
+    ]);
+    assert_eq!(
+        errors,
+        [
+            "rules.toml:2:8: duplicate name `db`: this [[allow]] has the same name as the [[peer]] \
+          at inventory.toml:5:8 (names are unique across the whole policy)",
+            "rules.toml:7:8: duplicate name `web`: this [[deny]] has the same name as the [[workload]] \
+          at inventory.toml:2:8 (names are unique across the whole policy)",
+            "segments.toml:2:8: duplicate name `web`: this [[segment]] has the same name as the \
+          [[workload]] at inventory.toml:2:8 (names are unique across the whole policy)",
+        ]
+    );
+}
+
+#[test]
+fn a_workload_on_a_duplicated_node_name_is_not_also_undefined() {
+    // The node is the duplicate (a segment holds the name first), but it is still a node.
+    let errors = errors_of(
+        "[[segment]]\nname = \"db-1\"\nselect = { segment = \"finance\" }\n[[node]]\nname = \"db-1\"\n[[workload]]\nname = \"ledger\"\ncgroup = \"ledger\"\nnodes = [\"db-1\"]\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "p.toml:5:8: duplicate name `db-1`: this [[node]] has the same name as the [[segment]] \
+          at p.toml:2:8 (names are unique across the whole policy)"
+        ]
+    );
+    // A name that only a segment holds is still no node.
+    assert_one_error(
+        "[[segment]]\nname = \"db-1\"\nselect = { segment = \"finance\" }\n[[workload]]\nname = \"ledger\"\ncgroup = \"ledger\"\nnodes = [\"db-1\"]\n",
+        "7:10",
+        "`nodes` names node `db-1`, but no [[node]] has that name",
+    );
+}
+
+#[test]
+fn a_rule_naming_a_duplicated_segment_name_is_not_also_undefined() {
+    // The segment comes second and is the duplicate, but it still defines the segment: the rule
+    // resolves, and the only error is the duplicate, which names both places.
+    let errors = error_lines(&[
+        (
+            "a.toml",
+            "[[workload]]\nname = \"web\"\ncgroup = \"web\"\nlabels = { segment = \"web\" }\n",
+        ),
+        (
+            "b.toml",
+            "[[segment]]\nname = \"web\"\nselect = { segment = \"web\" }\n[[allow]]\nfrom = \"web\"\nto = \"@world\"\nports = [\"tcp/443\"]\n",
+        ),
+    ]);
+    assert_eq!(
+        errors,
+        [
+            "b.toml:2:8: duplicate name `web`: this [[segment]] has the same name as the [[workload]] \
+          at a.toml:2:8 (names are unique across the whole policy)"
         ]
     );
 }
