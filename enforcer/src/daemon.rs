@@ -191,6 +191,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut events_lost = 0;
+    let mut undelivered = 0_u64;
 
     loop {
         tokio::select! {
@@ -201,9 +202,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                     Ok(tree) => {
                         let desired = rescan_identities.label(&tree);
                         if desired != labels {
-                            let (changed, removed) = datapath.sync_cgroups(&desired)?;
-                            info!(changed, removed, "cgroup labels synced");
-                            labels = desired;
+                            // A failed write keeps the daemon (and so enforcement) running: the
+                            // unsynced cgroups inherit their ancestors' identities, and the next
+                            // tick retries.
+                            match datapath.sync_cgroups(&desired) {
+                                Ok((changed, removed)) => {
+                                    info!(changed, removed, "cgroup labels synced");
+                                    labels = desired;
+                                }
+                                Err(error) => error!(%error, "syncing cgroup labels failed; retrying"),
+                            }
                         }
                     }
                     // The root vanished or is unreadable: keep the labels we have (still
@@ -224,12 +232,15 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                     what: "waiting for events".to_owned(),
                     source,
                 })?;
-                drain(guard.get_inner_mut(), &enricher, &mut sink)?;
+                drain(guard.get_inner_mut(), &enricher, &mut sink, &mut undelivered);
                 guard.clear_ready();
             }
         }
     }
-    drain(ring.get_mut(), &enricher, &mut sink)?;
+    drain(ring.get_mut(), &enricher, &mut sink, &mut undelivered);
+    if undelivered > 0 {
+        warn!(undelivered, "events the sink failed to write");
+    }
     match counters.read() {
         Ok(values) => {
             let summary: BTreeMap<&str, u64> =
@@ -242,22 +253,27 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Reads every pending event into the sink. A sink failure (disk full, closed pipe) is counted and
+/// logged, never fatal: stopping here would detach the programs and end enforcement.
 fn drain(
     ring: &mut RingBuf<MapData>,
     enricher: &Enricher,
     sink: &mut JsonLines,
-) -> Result<(), DaemonError> {
+    undelivered: &mut u64,
+) {
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(event) => {
-                if let Some(record) = enricher.enrich(&event, SystemTime::now()) {
-                    sink.send(&record)?;
+                if let Some(record) = enricher.enrich(&event, SystemTime::now())
+                    && let Err(error) = sink.send(&record)
+                {
+                    *undelivered += 1;
+                    error!(%error, undelivered = *undelivered, "an event could not be written");
                 }
             }
             Err(error) => warn!(%error, "undecodable event"),
         }
     }
-    Ok(())
 }
 
 /// The CPU says it runs under a hypervisor (`hypervisor` flag in /proc/cpuinfo).
