@@ -32,6 +32,13 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `RingBuf` of [`FlowEvent`](crate::FlowEvent).
     pub const EVENTS: &str = "EVENTS";
+    /// `LruHashMap<ListenerKey, ListenerValue>`: local sockets bound to a port, so a connection to
+    /// a local address is judged with the listening workload's identity. Kept by the kernel
+    /// (`post_bind4/6` add, `sock_release` removes), not by policy: it survives policy swaps.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `LruHashMap<u64, ListenerKey>`: socket cookie → its [`LISTENERS`] key, because
+    /// `sock_release` may not read the port of the socket it releases.
+    pub const LISTENER_KEYS: &str = "LISTENER_KEYS";
 }
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
@@ -42,6 +49,7 @@ pub mod capacity {
     pub const ADDR_CIDR: u32 = 16_384;
     pub const IDENTITIES: u32 = 8_192;
     pub const RULES: u32 = 262_144;
+    pub const LISTENERS: u32 = 65_536;
     /// Ring buffer size in bytes (a power of two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -88,7 +96,10 @@ pub mod counter {
     /// An identity has no [`IdentityInfo`](crate::IdentityInfo) entry: the maps are inconsistent.
     /// Fails closed.
     pub const ERR_NO_IDENTITY_INFO: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// A bound socket could not be recorded in the listener map; connections to it are judged
+    /// with the node's identity as destination. Not a verdict.
+    pub const ERR_LISTENER_UPDATE: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -101,6 +112,7 @@ pub mod counter {
         "err_bad_family",
         "events_lost",
         "err_no_identity_info",
+        "err_listener_update",
     ];
 }
 
@@ -146,6 +158,29 @@ pub struct AddrValue {
 
 /// The address belongs to this node: the peer is a local process, not a remote host.
 pub const ADDR_LOCAL: u32 = 1;
+
+/// Key of [`LISTENERS`](maps::LISTENERS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerKey {
+    /// `bpf_get_netns_cookie` of the socket's network namespace: ports are per namespace.
+    pub netns_cookie: u64,
+    /// Host byte order.
+    pub port: u16,
+    /// [`protocol::TCP`] or [`protocol::UDP`].
+    pub protocol: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of [`LISTENERS`](maps::LISTENERS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerValue {
+    /// The cgroup of the process that bound the socket; resolved to an identity per slot.
+    pub cgroup_id: u64,
+    /// `bpf_get_socket_cookie` of the bound socket, so a release only removes its own entry.
+    pub socket_cookie: u64,
+}
 
 /// Key of [`IDENTITY_INFO`](maps::IDENTITY_INFO).
 #[repr(C)]
@@ -298,6 +333,8 @@ const _: () = {
     assert!(size_of::<AddrLpmData>() == 20);
     assert!(size_of::<AddrValue>() == 8);
     assert!(size_of::<IdentityKey>() == 8);
+    assert!(size_of::<ListenerKey>() == 16);
+    assert!(size_of::<ListenerValue>() == 16);
     assert!(size_of::<IdentityInfo>() == 8);
     assert!(size_of::<RuleLpmData>() == 16);
     assert!(offset_of!(RuleLpmData, port_be) * 8 == RULE_LPM_FIXED_BITS as usize);
@@ -350,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for RuleValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SlotConfig {}
+
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowEvent {}
 }

@@ -9,12 +9,13 @@ use aya_ebpf::{
 use enforcer_common::{
     ADDR_LOCAL, ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, CONFIG_AUDIT, CgroupKey,
     IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE, IDENTITY_SEGMENTED, IdentityInfo, IdentityKey,
-    RULE_AUDIT, RULE_FAILSAFE, RULE_LPM_FIXED_BITS, RuleLpmData, SlotConfig, VERDICT_ALLOW,
-    VERDICT_AUDIT, VERDICT_DENY, counter, identity, protocol, reason,
+    ListenerKey, RULE_AUDIT, RULE_FAILSAFE, RULE_LPM_FIXED_BITS, RuleLpmData, SlotConfig,
+    VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, counter, identity, protocol, reason,
 };
 
 use crate::maps::{
-    ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, CGROUP_IDENTITY, IDENTITY_INFO, RULES, SLOT_CONFIG,
+    ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, CGROUP_IDENTITY, IDENTITY_INFO, LISTENERS, RULES,
+    SLOT_CONFIG,
 };
 
 /// Deepest cgroup level searched for an ancestor with an identity. systemd trees are rarely deeper
@@ -29,6 +30,8 @@ pub(crate) struct Connection {
     pub dst_port: u16,
     /// IANA protocol number of the socket.
     pub protocol: u8,
+    /// The socket's network namespace, for looking up local listeners.
+    pub netns_cookie: u64,
 }
 
 /// The outcome, with what an event needs.
@@ -72,9 +75,9 @@ pub(crate) fn decide(conn: &Connection) -> Decision {
         crate::maps::count(counter::ERR_NO_CGROUP_IDENTITY);
         return Decision::fail_closed(config.generation, identity::UNKNOWN);
     };
-    let dst = remote_identity(slot, &config, &conn.dst_addr);
-
     let folded = fold_protocol(conn.protocol);
+    let dst = remote_identity(slot, &config, conn, folded);
+
     let port = if folded == protocol::ICMP {
         0
     } else {
@@ -152,7 +155,7 @@ fn effective_audit(config: &SlotConfig, src: &IdentityInfo, dst: &IdentityInfo) 
 }
 
 #[inline(always)]
-fn fold_protocol(raw: u8) -> u8 {
+pub(crate) fn fold_protocol(raw: u8) -> u8 {
     match raw {
         protocol::TCP | protocol::UDP | protocol::ICMP => raw,
         protocol::ICMPV6 => protocol::ICMP,
@@ -191,9 +194,11 @@ fn local_identity(slot: u32) -> Option<u32> {
 }
 
 /// The identity of a destination address: exact node address, else longest CIDR, else `@world`.
-/// This node's own addresses and loopback resolve to the node's local identity.
+/// This node's own addresses and loopback mean a local process: the workload listening on the
+/// port, else the node's local identity.
 #[inline(always)]
-fn remote_identity(slot: u32, config: &SlotConfig, addr: &[u8; 16]) -> u32 {
+fn remote_identity(slot: u32, config: &SlotConfig, conn: &Connection, folded: u8) -> u32 {
+    let addr = &conn.dst_addr;
     let exact = AddrKey { slot, addr: *addr };
     // SAFETY: as in `local_identity`.
     let value = match unsafe { ADDR_EXACT.get(exact) } {
@@ -206,10 +211,36 @@ fn remote_identity(slot: u32, config: &SlotConfig, addr: &[u8; 16]) -> u32 {
             .copied(),
     };
     match value {
-        Some(value) if value.flags & ADDR_LOCAL != 0 => config.local_identity,
+        Some(value) if value.flags & ADDR_LOCAL != 0 => {
+            listener_identity(slot, conn, folded).unwrap_or(config.local_identity)
+        }
         Some(value) => value.identity,
         None => identity::WORLD,
     }
+}
+
+/// The identity of the local process bound to the destination port in the caller's network
+/// namespace, if the kernel saw it bind and its cgroup is labelled.
+#[inline(always)]
+fn listener_identity(slot: u32, conn: &Connection, folded: u8) -> Option<u32> {
+    if folded != protocol::TCP && folded != protocol::UDP {
+        return None;
+    }
+    let key = ListenerKey {
+        netns_cookie: conn.netns_cookie,
+        port: conn.dst_port,
+        protocol: folded,
+        _pad: [0; 5],
+    };
+    // SAFETY: as in `local_identity`.
+    let listener = unsafe { LISTENERS.get(key) }?;
+    let cgroup = CgroupKey {
+        cgroup_id: listener.cgroup_id,
+        slot,
+        _pad: 0,
+    };
+    // SAFETY: as in `local_identity`.
+    unsafe { CGROUP_IDENTITY.get(cgroup) }.copied()
 }
 
 #[inline(always)]

@@ -3,11 +3,16 @@
 #![no_std]
 #![no_main]
 
+mod ctx;
 mod decide;
 mod maps;
+mod sock;
 mod sock_addr;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
 use enforcer_common::hook;
 
 #[cgroup_sock_addr(connect4)]
@@ -44,6 +49,33 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 )]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr::judge::<true>(&ctx, hook::SENDMSG6)
+}
+
+#[cgroup_sock(post_bind4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    sock::record_bind(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    sock::record_bind(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    sock::forget(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AddrKey, AddrLpmData, AddrValue, CgroupKey, IdentityInfo, IdentityKey, RuleLpmData, RuleValue,
-    SlotConfig, capacity, counter,
+    AddrKey, AddrLpmData, AddrValue, CgroupKey, IdentityInfo, IdentityKey, ListenerKey,
+    ListenerValue, RuleLpmData, RuleValue, SlotConfig, capacity, counter,
 };
 
 #[map]
@@ -35,6 +35,16 @@ pub(crate) static IDENTITY_INFO: HashMap<IdentityKey, IdentityInfo> =
 #[map]
 pub(crate) static RULES: LpmTrie<RuleLpmData, RuleValue> =
     LpmTrie::with_max_entries(capacity::RULES, 0);
+
+/// LRU so that entries whose release was never seen (e.g. sockets bound before the programs were
+/// attached and closed after) age out instead of filling the map.
+#[map]
+pub(crate) static LISTENERS: LruHashMap<ListenerKey, ListenerValue> =
+    LruHashMap::with_max_entries(capacity::LISTENERS, 0);
+
+#[map]
+pub(crate) static LISTENER_KEYS: LruHashMap<u64, ListenerKey> =
+    LruHashMap::with_max_entries(capacity::LISTENERS, 0);
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -4,10 +4,11 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_ktime_get_boot_ns,
     },
     programs::SockAddrContext,
 };
@@ -17,6 +18,7 @@ use enforcer_common::{
 };
 
 use crate::{
+    ctx::field,
     decide::{Connection, Decision, decide},
     maps::{EVENTS, count},
 };
@@ -41,20 +43,6 @@ const SK_SRC_IP6_1: usize = SK_SRC_IP6 + 4;
 const SK_SRC_IP6_2: usize = SK_SRC_IP6 + 8;
 const SK_SRC_IP6_3: usize = SK_SRC_IP6 + 12;
 const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
-
-/// Reads the `u32` at `OFFSET` of a context or socket. The verifier accepts such reads only as one
-/// load at a constant offset from the unmodified pointer; inlined, LLVM is free to hoist a
-/// `base + offset` into a register, which the verifier rejects. A call of its own cannot be
-/// rearranged that way.
-///
-/// # Safety
-/// `base` must be the program's context or a socket pointer the verifier lets us read, and
-/// `OFFSET` a field of it.
-#[inline(never)]
-unsafe fn field<T, const OFFSET: usize>(base: *const T) -> u32 {
-    // SAFETY: upheld by the caller.
-    unsafe { core::ptr::read_volatile(base.cast::<u8>().add(OFFSET).cast::<u32>()) }
-}
 
 /// Judges one hook invocation; `V6` selects the address fields, which the verifier only lets each
 /// hook family read for its own family. Every path ends in `PROCEED` or `REFUSE` and bumps one
@@ -82,6 +70,8 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         dst_addr,
         dst_port,
         protocol: unsafe { field::<_, PROTOCOL>(sa) } as u8,
+        // SAFETY: a helper call on the program's own context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     };
     let decision = decide(&conn);
     match decision.verdict {

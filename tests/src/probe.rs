@@ -217,12 +217,28 @@ impl Listener {
     /// Starts `tcp-listen`/`udp-listen` on `addr:port` in `netns` and waits until it is bound.
     #[must_use]
     pub fn start(netns: &str, proto: Proto, addr: IpAddr, port: u16) -> Self {
+        Self::start_in(None, netns, proto, addr, port)
+    }
+
+    /// Like [`Listener::start`], from inside `cgroup` (a workload serving).
+    #[must_use]
+    pub fn start_in(
+        cgroup: Option<&Path>,
+        netns: &str,
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+    ) -> Self {
         let verb = match proto {
             Proto::Tcp => "tcp-listen",
             Proto::Udp => "udp-listen",
         };
         let desc = format!("{verb} {addr} {port} in {netns}");
-        let mut child = Command::new(probe_bin())
+        let mut cmd = Command::new(probe_bin());
+        if let Some(cgroup) = cgroup {
+            cmd.arg("--cgroup").arg(cgroup);
+        }
+        let mut child = cmd
             .args(["--netns", netns, verb, &addr.to_string(), &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fs::File, io, path::Path};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError},
 };
 use enforcer_common::{counter, maps as names};
 
@@ -23,8 +23,11 @@ use crate::compile::DesiredState;
 /// The kernel object, built by `build.rs` from `enforcer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 
-/// The programs and the hook each attaches to, in attach order.
-const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// The programs that judge connections (`cgroup_sock_addr`).
+const JUDGES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// The programs that keep the listener map (`cgroup_sock`); attached first, so that sockets bound
+/// while the judges are being attached are already seen.
+const OBSERVERS: [&str; 3] = ["post_bind4", "post_bind6", "sock_release"];
 
 /// Errors loading, attaching or writing the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +95,16 @@ impl Datapath {
             .map_max_entries(names::EVENTS, event_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
-        for name in PROGRAMS {
-            sock_addr_program(&mut ebpf, name)?
+        for name in OBSERVERS {
+            program::<CgroupSock>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        for name in JUDGES {
+            program::<CgroupSockAddr>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
                     program: name,
@@ -166,16 +177,19 @@ impl Datapath {
             path: path.display().to_string(),
             source,
         })?;
-        for name in PROGRAMS {
-            let program = sock_addr_program(&mut self.ebpf, name)?;
-            // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
-            // link_create accepts for cgroups; links always coexist with other programs.
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    source,
-                })?;
+        // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
+        // link_create accepts for cgroups; links always coexist with other programs.
+        let mode = CgroupAttachMode::Single;
+        let attach_error = |program| move |source| DatapathError::Program { program, source };
+        for name in OBSERVERS {
+            program::<CgroupSock>(&mut self.ebpf, name)?
+                .attach(&cgroup, mode)
+                .map_err(attach_error(name))?;
+        }
+        for name in JUDGES {
+            program::<CgroupSockAddr>(&mut self.ebpf, name)?
+                .attach(&cgroup, mode)
+                .map_err(attach_error(name))?;
         }
         Ok(())
     }
@@ -200,10 +214,11 @@ impl Datapath {
     }
 }
 
-fn sock_addr_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+/// The loaded program `name` as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram(name))?
         .try_into()
