@@ -42,7 +42,7 @@ const ATTEMPTS: [Attempt; 6] = [
         addr: DB,
         port: 5432,
         expect_ok: true,
-        why: "the api tier may query the ledger database (rule api → finance tcp/5432)",
+        why: "the api tier may query the ledger database (rule api-tier → finance tcp/5432)",
     },
     Attempt {
         who: "web",
@@ -254,15 +254,19 @@ fn explain(events: &PathBuf) -> anyhow::Result<()> {
         } else {
             "DENIED"
         };
+        let dst_ip = event["dst_endpoint"]["ip"].as_str().unwrap_or("?");
+        let dst = if dst_ip.contains(':') {
+            format!("[{dst_ip}]:{}", event["dst_endpoint"]["port"])
+        } else {
+            format!("{dst_ip}:{}", event["dst_endpoint"]["port"])
+        };
         println!(
-            "  {verdict} {} ({}, pid {} {}) → {} {}:{}  rule {} \"{}\"",
+            "  {verdict} {} ({}, pid {} {}) → {} {dst}  rule {} \"{}\"",
             event["src_endpoint"]["name"].as_str().unwrap_or("?"),
             event["src_endpoint"]["ip"].as_str().unwrap_or("?"),
             event["actor"]["process"]["pid"],
             event["actor"]["process"]["name"].as_str().unwrap_or("?"),
             event["dst_endpoint"]["name"].as_str().unwrap_or("?"),
-            event["dst_endpoint"]["ip"].as_str().unwrap_or("?"),
-            event["dst_endpoint"]["port"],
             event["firewall_rule"]["uid"].as_str().unwrap_or("?"),
             event["firewall_rule"]["name"].as_str().unwrap_or("?"),
         );
