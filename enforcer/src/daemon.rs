@@ -100,11 +100,11 @@ pub fn prepare(dir: &Path, node: &str) -> Result<Prepared, DaemonError> {
     })
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT or SIGTERM. Once enforcing, failures (a cgroup sync, an event write) are
+/// logged and counted but never end the run: exiting would detach the programs.
 ///
 /// # Errors
-/// When the policy, the cgroup root, the kernel or the events target fails at start; or when an
-/// event cannot be written later.
+/// When the policy, the cgroup root, the kernel or the events target fails at start.
 pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let Prepared {
         policy,
