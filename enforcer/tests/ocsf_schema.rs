@@ -1,6 +1,6 @@
 //! Rendered events validate against the OCSF 1.1.0 schema (network_activity, security_control +
 //! host profiles), and the validator really rejects what is outside it. Needs the venv that
-//! `cargo xtask setup` makes; fails (never skips) without it.
+//! `cargo xtask test` (through `cargo xtask setup`) makes; fails, never skips, without it.
 
 use std::{
     fs,
@@ -13,18 +13,20 @@ use std::{
 use enforcer::{
     events::{
         FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Verdict,
-        ocsf::{Product, to_json_line},
+        ocsf::{Product, render, to_json_line},
     },
     policy::{Labels, Mode},
 };
+use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("workspace")
+        .expect("enforcer/ sits in the workspace")
         .to_owned()
 }
 
+/// Runs `tests/ocsf/validate.py` on `lines` written as one JSON-lines file.
 fn validate(lines: &[String]) -> Output {
     let python = std::env::var_os("ENFORCER_OCSF_PYTHON").map_or_else(
         || workspace().join("target/ocsf-venv/bin/python"),
@@ -32,42 +34,75 @@ fn validate(lines: &[String]) -> Output {
     );
     assert!(
         python.exists(),
-        "{} missing: run `cargo xtask setup`",
+        "{} is missing: run `cargo xtask test` (or `cargo xtask setup`), which installs the OCSF validator",
         python.display()
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("events.jsonl");
-    fs::write(&file, lines.join("\n") + "\n").expect("write events");
-    Command::new(python)
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    fs::write(&file, text).expect("write events");
+    Command::new(&python)
         .arg(workspace().join("tests/ocsf/validate.py"))
         .arg(&file)
         .output()
-        .expect("run validator")
+        .unwrap_or_else(|error| panic!("run {}: {error}", python.display()))
+}
+
+fn report(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 fn endpoint(name: &str, ip: IpAddr, port: Option<u16>) -> FlowEndpoint {
+    let entity = name.starts_with('@');
     FlowEndpoint {
         ip,
         port,
         name: name.to_owned(),
-        labels: Labels::from([("segment".to_owned(), name.to_owned())]),
+        labels: if entity {
+            Labels::new()
+        } else {
+            Labels::from([
+                ("segment".to_owned(), name.to_owned()),
+                ("env".to_owned(), "prod".to_owned()),
+            ])
+        },
         is_world: name == "@world",
-        segmented: name != "@world",
+        segmented: !entity,
     }
 }
 
-/// One record per variation: deny/audit, tcp/udp/icmp/icmpv6, v4/v6, lateral/outbound/inbound,
-/// with and without process, rule and default-deny attribution.
-fn samples() -> Vec<FlowRecord> {
-    let v4 = |last| IpAddr::V4(Ipv4Addr::new(10, 0, 0, last));
-    let v6 = |last| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last));
-    let base = FlowRecord {
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
+}
+
+fn default_deny(segment: &str) -> FlowRule {
+    FlowRule {
+        uid: format!("default-deny:{segment}"),
+        name: format!("default-deny:{segment}"),
+        description: None,
+    }
+}
+
+/// A lateral egress TCP denial over IPv4 between segment members, by a rule, with the process.
+fn base() -> FlowRecord {
+    FlowRecord {
         time: SystemTime::now(),
         verdict: Verdict::Denied,
         protocol: 6,
         ip_version: 4,
         outbound: true,
-        src: endpoint("web", v4(1), Some(0)),
+        src: endpoint("web", v4(1), Some(40000)),
         dst: endpoint("db", v4(2), Some(5432)),
         process: Some(FlowProcess {
             pid: 4242,
@@ -84,73 +119,147 @@ fn samples() -> Vec<FlowRecord> {
         mode: Mode::Enforce,
         node: FlowNode {
             hostname: "app-1".to_owned(),
-            is_virtual: true,
+            is_virtual: false,
         },
         count: 1,
-    };
-    let mut out = vec![base.clone()];
-    out.push(FlowRecord {
-        verdict: Verdict::Audited,
-        mode: Mode::Audit,
-        protocol: 17,
-        ..base.clone()
-    });
-    out.push(FlowRecord {
-        protocol: 58,
-        ip_version: 6,
-        src: endpoint("web", v6(1), None),
-        dst: endpoint("@world", v6(2), None),
-        process: None,
-        rule: FlowRule {
-            uid: "default-deny:web".to_owned(),
-            name: "default-deny:web".to_owned(),
-            description: None,
+    }
+}
+
+/// Every variation the renderer knows: deny/audit, tcp/udp/icmp/icmpv6, v4/v6,
+/// lateral/outbound/inbound, with and without process (and cmd_line), rule and default-deny,
+/// physical and virtual node, aggregated count.
+fn samples() -> Vec<FlowRecord> {
+    let base = base();
+    vec![
+        base.clone(),
+        FlowRecord {
+            verdict: Verdict::Audited,
+            mode: Mode::Audit,
+            protocol: 17,
+            dst: endpoint("db", v4(2), Some(53)),
+            ..base.clone()
         },
-        ..base.clone()
-    });
-    out.push(FlowRecord {
-        protocol: 1,
-        outbound: false,
-        src: endpoint("@world", v4(9), None),
-        dst: endpoint("db", v4(2), None),
-        count: 7,
-        ..base.clone()
-    });
-    out
+        FlowRecord {
+            protocol: 58,
+            ip_version: 6,
+            src: endpoint("web", v6(1), None),
+            dst: endpoint("@world", v6(2), None),
+            process: None,
+            rule: default_deny("web"),
+            node: FlowNode {
+                hostname: "app-1".to_owned(),
+                is_virtual: true,
+            },
+            ..base.clone()
+        },
+        FlowRecord {
+            protocol: 1,
+            outbound: false,
+            src: endpoint("@world", IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), None),
+            dst: endpoint("db", v4(2), None),
+            process: None,
+            rule: default_deny("db"),
+            count: 7,
+            ..base.clone()
+        },
+        FlowRecord {
+            ip_version: 6,
+            outbound: false,
+            src: endpoint("@world", v6(9), Some(51000)),
+            dst: endpoint("db", v6(2), Some(5432)),
+            process: Some(FlowProcess {
+                pid: 1,
+                name: "postgres".to_owned(),
+                cmd_line: None,
+                uid: 70,
+            }),
+            ..base.clone()
+        },
+        FlowRecord {
+            verdict: Verdict::Audited,
+            mode: Mode::Audit,
+            src: endpoint("@host", v4(1), Some(40000)),
+            rule: default_deny("db"),
+            ..base
+        },
+    ]
 }
 
 #[test]
 fn rendered_events_validate() {
     let lines: Vec<String> = samples()
         .iter()
-        .map(|r| to_json_line(r, &Product::default()))
+        .map(|record| to_json_line(record, &Product::default()))
         .collect();
     let output = validate(&lines);
+    let report = report(&output);
+    assert!(output.status.success(), "{report}");
     assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        report.contains(&format!("{} events valid", lines.len())),
+        "{report}"
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("4 events valid"));
 }
 
+/// A way to break a valid event, named for the report.
+type Mutation = (&'static str, fn(&mut Value));
+
+/// Every mutation of a valid event must be rejected: exit code 1 and a violation reported on its
+/// own line of the file (one file, so that the schema is built once).
 #[test]
 fn the_validator_rejects_what_is_outside_the_schema() {
-    let good = to_json_line(&samples()[0], &Product::default());
-    let broken = [
-        good.replacen('{', "{\"not_an_ocsf_attribute\":1,", 1),
-        good.replace("\"severity_id\":3", "\"severity_id\":42"),
-        good.replace("\"direction_id\":3", "\"direction_id\":\"lateral\""),
+    let good = render(&base(), &Product::default());
+    let mutations: [Mutation; 9] = [
+        ("unknown top-level attribute", |e| {
+            e["not_an_ocsf_attribute"] = json!(1);
+        }),
+        ("attribute of a later OCSF version", |e| {
+            e["is_alert"] = json!(true);
+        }),
+        ("unknown nested attribute", |e| {
+            e["connection_info"]["flow_label"] = json!(7);
+        }),
+        ("enum value out of range", |e| e["severity_id"] = json!(42)),
+        ("nested enum value out of range", |e| {
+            e["connection_info"]["direction_id"] = json!(7);
+        }),
+        ("enum given by name", |e| {
+            e["connection_info"]["direction_id"] = json!("lateral");
+        }),
+        ("missing required attribute", |e| {
+            if let Some(event) = e.as_object_mut() {
+                event.remove("src_endpoint");
+            }
+        }),
+        ("type_uid disagrees with activity_id", |e| {
+            e["type_uid"] = json!(400_101);
+        }),
+        ("claims another OCSF version", |e| {
+            e["metadata"]["version"] = json!("1.2.0");
+        }),
     ];
-    for line in broken {
-        assert_ne!(line, good, "the mutation did not apply");
-        let output = validate(std::slice::from_ref(&line));
-        assert_eq!(output.status.code(), Some(1), "accepted: {line}");
+    let lines: Vec<String> = mutations
+        .iter()
+        .map(|(what, mutate)| {
+            let mut event = good.clone();
+            mutate(&mut event);
+            assert_ne!(event, good, "{what}: the mutation did not apply");
+            event.to_string()
+        })
+        .collect();
+    let output = validate(&lines);
+    let report = report(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for (number, (what, _)) in (1..).zip(mutations) {
+        assert!(
+            report.contains(&format!("events.jsonl:{number}: ")),
+            "{what} (line {number}) accepted: {report}"
+        );
     }
+    assert!(report.contains("; 0 events valid"), "{report}");
 }
 
 #[test]
 fn the_validator_refuses_an_empty_file() {
-    assert_eq!(validate(&[]).status.code(), Some(2));
+    let output = validate(&[]);
+    assert_eq!(output.status.code(), Some(2), "{}", report(&output));
 }

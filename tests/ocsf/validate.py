@@ -5,7 +5,7 @@ the security_control and host profiles, offline.
     validate.py FILE...
 
 Prints "N events valid" and exits 0, or every violation as FILE:LINE: message and exits 1. A file
-with no events exits 2: a validation of nothing must not pass.
+that is missing or holds no events exits 2: a validation of nothing must not pass.
 """
 
 import json
@@ -17,27 +17,65 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 VERSION = "1.1.0"
 CLASS = "network_activity"
 PROFILES = ["security_control", "host"]
+# OCSF's free-form `object` type (what `unmapped` is): the only object the class leaves open.
+OPEN_OBJECTS = {"object"}
 
 
 def validator():
+    # get_ocsf_schema reads the schema the package ships for that version: no network.
     schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=VERSION))
     class_schema = schema.get_class_schema(CLASS, profiles=PROFILES)
-    # The generated schema already forbids attributes outside the class (additionalProperties is
-    # false on the class and every object); check it so a package upgrade cannot loosen it quietly.
-    if class_schema.get("additionalProperties") is not False:
-        sys.exit(f"the {CLASS} schema allows unknown attributes; refusing a lax validation")
+    # The generated schema forbids attributes outside the class (additionalProperties is false on
+    # the class and on every object that defines attributes); check it, so that a package upgrade
+    # cannot loosen the validation quietly.
+    lax = [
+        name
+        for name, definition in [(CLASS, class_schema), *class_schema.get("$defs", {}).items()]
+        if name not in OPEN_OBJECTS and definition.get("additionalProperties") is not False
+    ]
+    if lax:
+        fail(f"the generated {CLASS} schema allows unknown attributes in {', '.join(lax)}")
+    Draft202012Validator.check_schema(class_schema)
     return Draft202012Validator(class_schema)
+
+
+def ocsf_rules(event):
+    """OCSF rules that JSON Schema cannot express: the event must claim what it is checked as."""
+    if not isinstance(event, dict):
+        return []  # the schema reports the wrong type
+    problems = []
+    class_uid, activity_id = event.get("class_uid"), event.get("activity_id")
+    if isinstance(class_uid, int) and isinstance(activity_id, int):
+        if event.get("type_uid") != class_uid * 100 + activity_id:
+            problems.append(("type_uid", f"must be class_uid * 100 + activity_id = "
+                                         f"{class_uid * 100 + activity_id}"))
+    metadata = event.get("metadata")
+    if isinstance(metadata, dict):
+        if metadata.get("version") != VERSION:
+            problems.append(("metadata/version", f"must be {VERSION!r}, the schema checked against"))
+        if sorted(metadata.get("profiles") or []) != sorted(PROFILES):
+            problems.append(("metadata/profiles", f"must be exactly {PROFILES}"))
+    return problems
+
+
+def fail(message):
+    print(f"validate.py: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(paths):
     if not paths:
-        sys.exit("usage: validate.py FILE...")
+        fail("usage: validate.py FILE...")
     check = validator()
     valid = 0
     errors = []
     for path in paths:
         seen = 0
-        with open(path, encoding="utf-8") as lines:
+        try:
+            lines = open(path, encoding="utf-8")
+        except OSError as error:
+            fail(f"{path}: {error.strerror}")
+        with lines:
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
@@ -47,15 +85,16 @@ def main(paths):
                 except json.JSONDecodeError as error:
                     errors.append(f"{path}:{number}: not JSON: {error}")
                     continue
-                problems = sorted(check.iter_errors(event), key=lambda e: list(e.absolute_path))
-                for problem in problems:
-                    where = "/".join(str(p) for p in problem.absolute_path) or "(event)"
-                    errors.append(f"{path}:{number}: {where}: {problem.message}")
+                problems = [
+                    ("/".join(str(p) for p in problem.absolute_path), problem.message)
+                    for problem in check.iter_errors(event)
+                ] + ocsf_rules(event)
+                for where, message in sorted(problems):
+                    errors.append(f"{path}:{number}: {where or '(event)'}: {message}")
                 if not problems:
                     valid += 1
         if seen == 0:
-            print(f"{path}: no events to validate", file=sys.stderr)
-            sys.exit(2)
+            fail(f"{path}: no events to validate")
     for error in errors:
         print(error)
     if errors:

@@ -72,6 +72,8 @@ const fn direction_id(record: &FlowRecord) -> u32 {
     }
 }
 
+/// OCSF `protocol_name`: the policy's own protocol terms. Only the `any` port term reaches other
+/// protocols; their events say "other" and keep the number in `protocol_num`.
 const fn protocol_name(number: u8) -> &'static str {
     match number {
         protocol::TCP => "tcp",
@@ -95,6 +97,8 @@ fn endpoint(endpoint: &FlowEndpoint) -> Value {
 #[must_use]
 pub fn render(record: &FlowRecord, product: &Product) -> Value {
     let (activity_id, action_id, disposition_id) = verdict_ids(record.verdict);
+    // `time` is required: a clock set before 1970 still yields a valid event (at 0) rather than
+    // losing the denial.
     let time = record.time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     });

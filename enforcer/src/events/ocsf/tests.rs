@@ -9,17 +9,26 @@ use crate::{
     policy::{Labels, Mode},
 };
 
-fn endpoint(name: &str, ip: IpAddr, port: Option<u16>, segmented: bool) -> FlowEndpoint {
+const WEB: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+const DB: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+const OUTSIDE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+
+fn endpoint(name: &str, ip: IpAddr, port: Option<u16>) -> FlowEndpoint {
     FlowEndpoint {
         ip,
         port,
         name: name.to_owned(),
-        labels: Labels::from([("app".to_owned(), name.to_owned())]),
+        labels: if name.starts_with('@') {
+            Labels::new()
+        } else {
+            Labels::from([("app".to_owned(), name.to_owned())])
+        },
         is_world: name == "@world",
-        segmented,
+        segmented: !name.starts_with('@'),
     }
 }
 
+/// An egress TCP denial between two segment members, with every optional field filled.
 fn denial() -> FlowRecord {
     FlowRecord {
         time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
@@ -27,18 +36,8 @@ fn denial() -> FlowRecord {
         protocol: 6,
         ip_version: 4,
         outbound: true,
-        src: endpoint(
-            "web",
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            Some(40000),
-            true,
-        ),
-        dst: endpoint(
-            "db",
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            Some(5432),
-            true,
-        ),
+        src: endpoint("web", WEB, Some(40000)),
+        dst: endpoint("db", DB, Some(5432)),
         process: Some(FlowProcess {
             pid: 42,
             name: "curl".to_owned(),
@@ -60,110 +59,305 @@ fn denial() -> FlowRecord {
     }
 }
 
+fn rendered(record: &FlowRecord) -> Value {
+    render(record, &Product::default())
+}
+
 #[test]
-fn denial_carries_the_contract_fields() {
-    let event = render(&denial(), &Product::default());
-    assert_eq!(event["class_uid"], 4001);
-    assert_eq!(event["category_uid"], 4);
-    assert_eq!(event["activity_id"], 5);
-    assert_eq!(event["type_uid"], 400_105);
-    assert_eq!(event["time"], 1_700_000_000_123_u64);
-    assert_eq!(event["action_id"], 2);
-    assert_eq!(event["disposition_id"], 2);
-    assert_eq!(event["severity_id"], 3);
-    assert_eq!(event["connection_info"]["protocol_name"], "tcp");
-    assert_eq!(event["connection_info"]["protocol_num"], 6);
-    assert_eq!(event["connection_info"]["protocol_ver_id"], 4);
-    assert_eq!(event["connection_info"]["direction_id"], 3);
-    assert_eq!(event["src_endpoint"]["ip"], "10.0.0.1");
-    assert_eq!(event["dst_endpoint"]["port"], 5432);
-    assert_eq!(event["dst_endpoint"]["name"], "db");
-    assert_eq!(event["device"]["hostname"], "app-1");
-    assert_eq!(event["device"]["type_id"], 1);
-    assert_eq!(event["metadata"]["version"], "1.1.0");
-    assert_eq!(event["metadata"]["product"]["name"], "enforcer");
-    assert_eq!(
-        event["metadata"]["profiles"],
-        json!(["security_control", "host"])
-    );
-    assert_eq!(event["firewall_rule"]["uid"], "rules/web.toml:12");
-    assert_eq!(
-        event["firewall_rule"]["desc"],
-        "web never reaches the database"
-    );
-    assert_eq!(event["firewall_rule"]["version"], "abc123");
-    assert_eq!(event["count"], 1);
-    assert_eq!(event["unmapped"]["mode"], "enforce");
-    assert_eq!(event["unmapped"]["dst_labels"]["app"], "db");
-    assert_eq!(event["actor"]["process"]["pid"], 42);
-    assert_eq!(event["actor"]["process"]["user"]["uid"], "1000");
+fn denial_renders_exactly_the_contract() {
+    let expected = json!({
+        "class_uid": 4001,
+        "category_uid": 4,
+        "activity_id": 5,
+        "type_uid": 400_105,
+        "time": 1_700_000_000_123_u64,
+        "action_id": 2,
+        "disposition_id": 2,
+        "severity_id": 3,
+        "connection_info": {
+            "protocol_name": "tcp",
+            "protocol_num": 6,
+            "protocol_ver_id": 4,
+            "direction_id": 3,
+        },
+        "src_endpoint": { "ip": "10.0.0.1", "port": 40000, "name": "web" },
+        "dst_endpoint": { "ip": "10.0.0.2", "port": 5432, "name": "db" },
+        "device": { "hostname": "app-1", "type_id": 1 },
+        "metadata": {
+            "version": "1.1.0",
+            "product": {
+                "name": "enforcer",
+                "vendor_name": "enforcer project",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "profiles": ["security_control", "host"],
+        },
+        "firewall_rule": {
+            "uid": "rules/web.toml:12",
+            "name": "web-never-db",
+            "desc": "web never reaches the database",
+            "version": "abc123",
+        },
+        "count": 1,
+        "unmapped": {
+            "src_labels": { "app": "web" },
+            "dst_labels": { "app": "db" },
+            "mode": "enforce",
+        },
+        "actor": {
+            "process": {
+                "pid": 42,
+                "name": "curl",
+                "cmd_line": "curl db:5432",
+                "user": { "uid": "1000" },
+            },
+        },
+    });
+    assert_eq!(rendered(&denial()), expected);
 }
 
 #[test]
 fn audit_is_an_allowed_logged_open() {
-    let record = FlowRecord {
+    let event = rendered(&FlowRecord {
         verdict: Verdict::Audited,
         mode: Mode::Audit,
         ..denial()
-    };
-    let event = render(&record, &Product::default());
-    assert_eq!(
-        (
-            &event["activity_id"],
-            &event["type_uid"],
-            &event["action_id"],
-            &event["disposition_id"]
-        ),
-        (&json!(1), &json!(400_101), &json!(1), &json!(17))
-    );
+    });
+    assert_eq!(event["activity_id"], 1);
+    assert_eq!(event["type_uid"], 400_101);
+    assert_eq!(event["action_id"], 1);
+    assert_eq!(event["disposition_id"], 17);
     assert_eq!(event["unmapped"]["mode"], "audit");
+    assert_eq!(
+        event["severity_id"], 3,
+        "an audit is as severe as the denial"
+    );
 }
 
 #[test]
-fn icmp_has_no_ports_and_icmpv6_is_icmp() {
-    let mut record = denial();
-    record.protocol = 58;
-    record.ip_version = 6;
-    record.src = endpoint("web", IpAddr::V6(Ipv6Addr::LOCALHOST), None, true);
-    record.dst = endpoint("db", IpAddr::V6(Ipv6Addr::LOCALHOST), None, false);
-    let event = render(&record, &Product::default());
+fn udp_keeps_its_ports() {
+    let event = rendered(&FlowRecord {
+        protocol: 17,
+        src: endpoint("web", WEB, Some(53000)),
+        dst: endpoint("db", DB, Some(53)),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["protocol_name"], "udp");
+    assert_eq!(event["connection_info"]["protocol_num"], 17);
+    assert_eq!(event["src_endpoint"]["port"], 53000);
+    assert_eq!(event["dst_endpoint"]["port"], 53);
+}
+
+#[test]
+fn icmp_has_no_ports() {
+    let event = rendered(&FlowRecord {
+        protocol: 1,
+        src: endpoint("web", WEB, None),
+        dst: endpoint("db", DB, None),
+        ..denial()
+    });
     assert_eq!(event["connection_info"]["protocol_name"], "icmp");
+    assert_eq!(event["connection_info"]["protocol_num"], 1);
+    assert_eq!(
+        event["src_endpoint"],
+        json!({ "ip": "10.0.0.1", "name": "web" })
+    );
+    assert_eq!(
+        event["dst_endpoint"],
+        json!({ "ip": "10.0.0.2", "name": "db" })
+    );
+}
+
+#[test]
+fn icmpv6_is_icmp_over_ipv6() {
+    let src = IpAddr::V6(Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 0x10));
+    let dst = IpAddr::V6(Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 0x11));
+    let event = rendered(&FlowRecord {
+        protocol: 58,
+        ip_version: 6,
+        src: endpoint("web", src, None),
+        dst: endpoint("db", dst, None),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["protocol_name"], "icmp");
+    assert_eq!(event["connection_info"]["protocol_num"], 58);
     assert_eq!(event["connection_info"]["protocol_ver_id"], 6);
-    assert!(event["src_endpoint"].get("port").is_none());
-    assert!(event["dst_endpoint"].get("port").is_none());
-    assert_eq!(event["severity_id"], 2, "only one end is segmented");
-}
-
-#[test]
-fn direction_follows_world_and_origin() {
-    let mut record = denial();
-    record.dst = endpoint(
-        "@world",
-        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
-        Some(443),
-        false,
+    assert_eq!(
+        event["src_endpoint"],
+        json!({ "ip": "fd00:3::10", "name": "web" })
     );
     assert_eq!(
-        render(&record, &Product::default())["connection_info"]["direction_id"],
-        2
-    );
-    record.outbound = false;
-    assert_eq!(
-        render(&record, &Product::default())["connection_info"]["direction_id"],
-        1
+        event["dst_endpoint"],
+        json!({ "ip": "fd00:3::11", "name": "db" })
     );
 }
 
 #[test]
-fn optional_fields_are_left_out_not_nulled() {
+fn tcp_over_ipv6_renders_canonical_addresses() {
+    let event = rendered(&FlowRecord {
+        ip_version: 6,
+        src: endpoint("web", IpAddr::V6(Ipv6Addr::LOCALHOST), Some(40000)),
+        dst: endpoint("db", "fd00:3::11".parse().unwrap(), Some(5432)),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["protocol_ver_id"], 6);
+    assert_eq!(event["src_endpoint"]["ip"], "::1");
+    assert_eq!(event["dst_endpoint"]["ip"], "fd00:3::11");
+}
+
+#[test]
+fn an_unknown_protocol_keeps_its_number() {
+    let event = rendered(&FlowRecord {
+        protocol: 132,
+        src: endpoint("web", WEB, None),
+        dst: endpoint("db", DB, None),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["protocol_name"], "other");
+    assert_eq!(event["connection_info"]["protocol_num"], 132);
+}
+
+#[test]
+fn lateral_when_neither_end_is_world_whatever_the_origin() {
+    for outbound in [true, false] {
+        let event = rendered(&FlowRecord {
+            outbound,
+            ..denial()
+        });
+        assert_eq!(event["connection_info"]["direction_id"], 3, "{outbound}");
+    }
+    // @host is not @world: a local process talking to a workload stays lateral.
+    let event = rendered(&FlowRecord {
+        src: endpoint("@host", WEB, Some(40000)),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["direction_id"], 3);
+}
+
+#[test]
+fn outbound_to_world() {
+    let event = rendered(&FlowRecord {
+        dst: endpoint("@world", OUTSIDE, Some(443)),
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["direction_id"], 2);
+    assert_eq!(event["dst_endpoint"]["name"], "@world");
+    assert_eq!(event["unmapped"]["dst_labels"], json!({}));
+    assert_eq!(event["severity_id"], 2, "only one end is a segment member");
+}
+
+#[test]
+fn inbound_from_world() {
+    let event = rendered(&FlowRecord {
+        outbound: false,
+        src: endpoint("@world", OUTSIDE, Some(51000)),
+        process: None,
+        ..denial()
+    });
+    assert_eq!(event["connection_info"]["direction_id"], 1);
+    assert_eq!(event["src_endpoint"]["name"], "@world");
+    assert_eq!(event["severity_id"], 2);
+}
+
+#[test]
+fn severity_is_medium_only_between_segment_members() {
     let mut record = denial();
-    record.process = None;
-    record.rule.description = None;
-    record.node.is_virtual = true;
-    let event = render(&record, &Product::default());
+    assert_eq!(rendered(&record)["severity_id"], 3);
+    record.dst.segmented = false;
+    assert_eq!(rendered(&record)["severity_id"], 2);
+    record.src.segmented = false;
+    record.dst.segmented = true;
+    assert_eq!(rendered(&record)["severity_id"], 2);
+}
+
+#[test]
+fn without_a_process_there_is_no_actor() {
+    let event = rendered(&FlowRecord {
+        process: None,
+        ..denial()
+    });
     assert!(event.get("actor").is_none());
-    assert!(event["firewall_rule"].get("desc").is_none());
-    assert_eq!(event["device"]["type_id"], 6);
+}
+
+#[test]
+fn an_unreadable_cmd_line_is_left_out() {
+    let mut record = denial();
+    if let Some(process) = &mut record.process {
+        process.cmd_line = None;
+    }
+    assert_eq!(
+        rendered(&record)["actor"],
+        json!({ "process": { "pid": 42, "name": "curl", "user": { "uid": "1000" } } })
+    );
+}
+
+#[test]
+fn default_deny_names_the_segment_and_has_no_description() {
+    let event = rendered(&FlowRecord {
+        rule: FlowRule {
+            uid: "default-deny:finance".to_owned(),
+            name: "default-deny:finance".to_owned(),
+            description: None,
+        },
+        ..denial()
+    });
+    assert_eq!(
+        event["firewall_rule"],
+        json!({
+            "uid": "default-deny:finance",
+            "name": "default-deny:finance",
+            "version": "abc123",
+        })
+    );
+}
+
+#[test]
+fn a_virtual_node_is_a_virtual_device() {
+    let mut record = denial();
+    record.node.is_virtual = true;
+    assert_eq!(
+        rendered(&record)["device"],
+        json!({ "hostname": "app-1", "type_id": 6 })
+    );
+}
+
+#[test]
+fn an_aggregated_record_carries_its_count() {
+    let event = rendered(&FlowRecord {
+        count: 17,
+        ..denial()
+    });
+    assert_eq!(event["count"], 17);
+}
+
+#[test]
+fn a_clock_before_the_epoch_renders_time_zero() {
+    let event = rendered(&FlowRecord {
+        time: UNIX_EPOCH - Duration::from_secs(1),
+        ..denial()
+    });
+    assert_eq!(event["time"], 0);
+}
+
+#[test]
+fn the_product_is_passed_through() {
+    let product = Product {
+        name: "enforcer".to_owned(),
+        vendor_name: "Example Corp".to_owned(),
+        version: "9.9.9".to_owned(),
+    };
+    assert_eq!(
+        render(&denial(), &product)["metadata"]["product"],
+        json!({ "name": "enforcer", "vendor_name": "Example Corp", "version": "9.9.9" })
+    );
+}
+
+#[test]
+fn a_json_line_is_one_line_of_the_same_event() {
+    let mut record = denial();
+    record.rule.description = Some("first line\nsecond line".to_owned());
     let line = to_json_line(&record, &Product::default());
-    assert!(!line.contains('\n') && !line.contains("null"));
+    assert!(!line.contains('\n'), "{line}");
+    let parsed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(parsed, rendered(&record));
 }
