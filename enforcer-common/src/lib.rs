@@ -75,6 +75,17 @@ pub mod protocol {
     pub const ICMPV6: u8 = 58;
     /// Any other protocol: only the `any` port term covers it.
     pub const OTHER: u8 = 255;
+
+    /// The policy's name of a protocol number: `tcp`, `udp`, `icmp` (ICMPv6 too), else `other`.
+    #[must_use]
+    pub const fn name(number: u8) -> &'static str {
+        match number {
+            TCP => "tcp",
+            UDP => "udp",
+            ICMP | ICMPV6 => "icmp",
+            _ => "other",
+        }
+    }
 }
 
 /// Indexes into the per-CPU [`COUNTERS`](maps::COUNTERS) array. Every verdict path bumps exactly one

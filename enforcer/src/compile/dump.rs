@@ -8,7 +8,7 @@ use std::{
 
 use enforcer_common::{
     ADDR_LOCAL, IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE, IDENTITY_SEGMENTED, RULE_AUDIT,
-    RULE_FAILSAFE, VERDICT_ALLOW, protocol,
+    RULE_FAILSAFE, VERDICT_ALLOW, is_ipv4_mapped, protocol,
 };
 
 use super::{AddrPrefix, CompiledPolicy};
@@ -84,12 +84,7 @@ impl CompiledPolicy {
             );
         }
         for (key, value) in &state.rules {
-            let proto = match key.protocol {
-                protocol::TCP => "tcp",
-                protocol::UDP => "udp",
-                protocol::ICMP => "icmp",
-                _ => "other",
-            };
+            let proto = protocol::name(key.protocol);
             let verdict = if value.verdict == VERDICT_ALLOW {
                 "allow"
             } else {
@@ -121,7 +116,7 @@ impl CompiledPolicy {
 
 fn show_prefix(prefix: AddrPrefix) -> String {
     let a = prefix.addr;
-    if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff && prefix.bits >= 96 {
+    if is_ipv4_mapped(&a) && prefix.bits >= 96 {
         format!(
             "{}/{}",
             Ipv4Addr::new(a[12], a[13], a[14], a[15]),

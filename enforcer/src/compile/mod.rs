@@ -391,12 +391,7 @@ fn overridden_denies(
             let rule = rule_refs
                 .get(claim.outcome.rule_id as usize)
                 .map_or_else(String::new, |r| format!("{} ({})", r.uid, r.name));
-            let name = match proto {
-                protocol::TCP => "tcp",
-                protocol::UDP => "udp",
-                protocol::ICMP => "icmp",
-                _ => "other",
-            };
+            let name = protocol::name(proto);
             let port = if first == last {
                 format!("{name}/{first}")
             } else {

@@ -72,17 +72,6 @@ const fn direction_id(record: &FlowRecord) -> u32 {
     }
 }
 
-/// OCSF `protocol_name`: the policy's own protocol terms. Only the `any` port term reaches other
-/// protocols; their events say "other" and keep the number in `protocol_num`.
-const fn protocol_name(number: u8) -> &'static str {
-    match number {
-        protocol::TCP => "tcp",
-        protocol::UDP => "udp",
-        protocol::ICMP | protocol::ICMPV6 => "icmp",
-        _ => "other",
-    }
-}
-
 fn endpoint(endpoint: &FlowEndpoint) -> Value {
     let mut object = Map::new();
     object.insert("ip".to_owned(), json!(endpoint.ip.to_string()));
@@ -120,7 +109,9 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
         "disposition_id": disposition_id,
         "severity_id": severity_id(record),
         "connection_info": {
-            "protocol_name": protocol_name(record.protocol),
+            "protocol_name": // The policy's own protocol terms; only the `any` port term reaches other
+            // protocols, whose events say "other" and keep the number in `protocol_num`.
+            protocol::name(record.protocol),
             "protocol_num": record.protocol,
             "protocol_ver_id": record.ip_version,
             "direction_id": direction_id(record),

@@ -9,10 +9,10 @@ mod cgroups;
 use std::collections::BTreeMap;
 
 use enforcer_common::identity;
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 
 pub use self::cgroups::{CgroupError, CgroupTree, find_cgroup2_mount};
-use crate::policy::{Labels, Policy};
+use crate::policy::{GlobError, Labels, Policy};
 
 /// What kind of table (or entity) an identity stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,13 +32,13 @@ pub enum IdentityKind {
 /// Errors building the identities of a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// The parser validates globs with the same builder, so this means the two disagree.
-    #[error("workload {workload}: cgroup glob {glob:?} does not compile")]
+    /// Only for a policy built by hand: the parser refuses such globs.
+    #[error("workload {workload}: cgroup glob {glob:?} is invalid")]
     Glob {
         workload: String,
         glob: String,
         #[source]
-        source: globset::Error,
+        source: GlobError,
     },
 }
 
@@ -117,15 +117,13 @@ impl Identities {
                 .as_ref()
                 .is_none_or(|nodes| nodes.iter().any(|n| n == node));
             if active {
-                let matcher = GlobBuilder::new(&table.cgroup)
-                    .literal_separator(true)
-                    .build()
+                let matcher = table
+                    .cgroup_matcher()
                     .map_err(|source| IdentityError::Glob {
                         workload: table.name.clone(),
                         glob: table.cgroup.clone(),
                         source,
-                    })?
-                    .compile_matcher();
+                    })?;
                 workload_globs.push((matcher, next));
             }
             all.push(Identity {
