@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     compile::{self, CompileError, CompiledPolicy},
-    datapath::{Datapath, DatapathError, counter_names},
+    datapath::{Datapath, DatapathError},
     events::{Enricher, FlowNode, PolicyContext, decode, ocsf::Product},
     identity::{CgroupError, CgroupTree, Identities, IdentityError, find_cgroup2_mount},
     policy::{self, Policy, PolicyErrors},
@@ -125,8 +125,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
 
     let mut datapath = Datapath::load(config.event_buffer_bytes)?;
     let tree = CgroupTree::scan(&cgroup_root)?;
-    let mut labels = identities.label(&tree);
-    let generation = datapath.apply(&compiled.state, &labels)?;
+    let generation = datapath.apply(&compiled.state, &identities.label(&tree))?;
     datapath.attach(&cgroup_root)?;
     let counters = datapath.counters()?;
 
@@ -181,6 +180,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         })?;
     }
 
+    let mut synced_tree = tree;
     let signal_error = |source| DaemonError::Io {
         what: "installing signal handlers".to_owned(),
         source,
@@ -199,21 +199,24 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = rescan.tick() => {
                 match CgroupTree::scan(&cgroup_root) {
-                    Ok(tree) => {
+                    // Labelling matches every glob against every cgroup: only when the tree
+                    // changed since the last successful sync.
+                    Ok(tree) if tree != synced_tree => {
                         let desired = rescan_identities.label(&tree);
-                        if desired != labels {
-                            // A failed write keeps the daemon (and so enforcement) running: the
-                            // unsynced cgroups inherit their ancestors' identities, and the next
-                            // tick retries.
-                            match datapath.sync_cgroups(&desired) {
-                                Ok((changed, removed)) => {
+                        // A failed write keeps the daemon (and so enforcement) running: the
+                        // unsynced cgroups inherit their ancestors' identities, and the next
+                        // tick retries.
+                        match datapath.sync_cgroups(&desired) {
+                            Ok((changed, removed)) => {
+                                if changed + removed > 0 {
                                     info!(changed, removed, "cgroup labels synced");
-                                    labels = desired;
                                 }
-                                Err(error) => error!(%error, "syncing cgroup labels failed; retrying"),
+                                synced_tree = tree;
                             }
+                            Err(error) => error!(%error, "syncing cgroup labels failed; retrying"),
                         }
                     }
+                    Ok(_) => {}
                     // The root vanished or is unreadable: keep the labels we have (still
                     // enforcing) and say so.
                     Err(error) => error!(%error, "rescanning cgroups failed"),
@@ -243,8 +246,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     }
     match counters.read() {
         Ok(values) => {
-            let summary: BTreeMap<&str, u64> =
-                counter_names().iter().copied().zip(values).collect();
+            let summary: BTreeMap<&str, u64> = counter::NAMES.iter().copied().zip(values).collect();
             info!(?summary, "verdict counters at shutdown");
         }
         Err(error) => warn!(%error, "reading counters"),

@@ -135,7 +135,7 @@ impl PolicyMaps {
             .map_err(map_error(names::ACTIVE_SLOT))
     }
 
-    pub(super) fn clear_slot(&mut self, slot: u32) -> Result<(), DatapathError> {
+    pub(super) fn clear_slot(&mut self, slot: u32) {
         let written = std::mem::take(&mut self.written[slot as usize & 1]);
         // A key that is already gone is fine: the goal is an empty slot.
         for id in written.identities {
@@ -161,7 +161,6 @@ impl PolicyMaps {
                 _pad: 0,
             });
         }
-        Ok(())
     }
 
     pub(super) fn sync_cgroups(

@@ -14,7 +14,7 @@ use aya::{
     maps::{MapData, MapError, RingBuf},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError},
 };
-use enforcer_common::{counter, maps as names};
+use enforcer_common::maps as names;
 
 pub use self::maps::Counters;
 use self::maps::PolicyMaps;
@@ -142,12 +142,12 @@ impl Datapath {
         let generation = self.generation.wrapping_add(1);
         if let Err(error) = self.maps.write_slot(slot, generation, state, cgroups) {
             // Leave nothing half-written behind in the slot nobody reads.
-            let _ = self.maps.clear_slot(slot);
+            self.maps.clear_slot(slot);
             return Err(error);
         }
         self.maps.activate(slot)?;
         if let Some(old) = self.active.replace(slot) {
-            self.maps.clear_slot(old)?;
+            self.maps.clear_slot(old);
         }
         self.generation = generation;
         Ok(generation)
@@ -206,12 +206,6 @@ impl Datapath {
     pub fn counters(&mut self) -> Result<Counters, DatapathError> {
         Counters::take(&mut self.ebpf)
     }
-
-    /// The generation now in force (0 before the first `apply`).
-    #[must_use]
-    pub const fn generation(&self) -> u32 {
-        self.generation
-    }
 }
 
 /// The loaded program `name` as its concrete type.
@@ -226,10 +220,4 @@ where
             program: name,
             source,
         })
-}
-
-/// Names of the counters, in index order, for reports.
-#[must_use]
-pub fn counter_names() -> &'static [&'static str] {
-    &counter::NAMES
 }
