@@ -32,13 +32,28 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `RingBuf` of [`FlowEvent`](crate::FlowEvent).
     pub const EVENTS: &str = "EVENTS";
-    /// `LruHashMap<ListenerKey, ListenerValue>`: local sockets bound to a port, so a connection to
-    /// a local address is judged with the listening workload's identity. Kept by the kernel
-    /// (`post_bind4/6` add, `sock_release` removes), not by policy: it survives policy swaps.
+    /// `HashMap<ListenerKey, ListenerValue>`: local sockets by the exact address, port, protocol
+    /// and family they are bound to, so that the socket the kernel finds for a connection
+    /// (`bpf_sk_lookup_*`) is resolved to the workload that bound it. Kept by the kernel
+    /// (`post_bind4/6` add, `sock_release` removes) and seeded by the daemon; survives policy swaps.
     pub const LISTENERS: &str = "LISTENERS";
     /// `LruHashMap<u64, ListenerKey>`: socket cookie → its [`LISTENERS`] key, because
     /// `sock_release` may not read the port of the socket it releases.
     pub const LISTENER_KEYS: &str = "LISTENER_KEYS";
+    /// `LruHashMap<u64, SocketOwner>`: socket cookie → who created the socket, recorded by
+    /// `sock_create` for every inet socket made inside the managed subtree.
+    pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
+    /// `LruHashMap<u64, SocketVerdict>`: socket cookie → the last flow judged on it, so that the
+    /// packets of an established flow cost one lookup. An evicted entry is judged again.
+    pub const SOCKET_VERDICTS: &str = "SOCKET_VERDICTS";
+    /// `HashMap<LocalAddrKey, u32>`: every address the kernel holds in the node's network
+    /// namespace, learnt by the daemon over netlink (declared in `[[node]]` or not).
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// `Array<Runtime>`, one entry: facts about this instance that are not policy.
+    pub const RUNTIME: &str = "RUNTIME";
+    /// `CgroupArray`, one entry: the managed cgroup root, for the task-keyed LSM programs that
+    /// are not attached to a cgroup.
+    pub const MANAGED_ROOT: &str = "MANAGED_ROOT";
 }
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
@@ -50,6 +65,10 @@ pub mod capacity {
     pub const IDENTITIES: u32 = 8_192;
     pub const RULES: u32 = 262_144;
     pub const LISTENERS: u32 = 65_536;
+    /// Sockets whose owner and last verdict are remembered; older ones are evicted (LRU) and
+    /// judged again, never let through unjudged.
+    pub const SOCKETS: u32 = 131_072;
+    pub const LOCAL_ADDRS: u32 = 4_096;
     /// Ring buffer size in bytes (a power of two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -107,10 +126,36 @@ pub mod counter {
     /// An identity has no [`IdentityInfo`](crate::IdentityInfo) entry: the maps are inconsistent.
     /// Fails closed.
     pub const ERR_NO_IDENTITY_INFO: u32 = 8;
-    /// A bound socket could not be recorded in the listener map; connections to it are judged
-    /// with the node's identity as destination. Not a verdict.
+    /// A bound socket could not be recorded in the listener map (full); connections to it are
+    /// judged by the packet layer. Not a verdict.
     pub const ERR_LISTENER_UPDATE: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A cgroup not labelled yet whose labelled ancestor may have a broader identity than its
+    /// own: held, fail closed, until the daemon labels it.
+    pub const HELD_UNLABELLED: u32 = 10;
+    /// A local destination whose receiving socket could not be resolved to its owner (another
+    /// network namespace, an unknown namespace). Fails closed.
+    pub const ERR_UNRESOLVED_LOCAL: u32 = 11;
+    /// The daemon's own cgroup: never judged, so it can neither deny nor report itself.
+    pub const SELF_EXEMPT: u32 = 12;
+    /// Packets passed or dropped by the verdict remembered on their socket, without judging.
+    pub const REMEMBERED: u32 = 13;
+    /// TCP segments of an established (or accepted) stream passed: the flow was judged at its SYN.
+    pub const ESTABLISHED: u32 = 14;
+    /// A packet that could not be parsed (truncated header, fragment without a judged flow).
+    /// Fails closed.
+    pub const ERR_PACKET: u32 = 15;
+    /// An IPv6 routing header or IPv4 source route refused (setsockopt) or dropped (packet).
+    pub const SOURCE_ROUTE_REFUSED: u32 = 16;
+    /// A packet socket (`AF_PACKET`, `SOCK_PACKET`) refused to a segment member.
+    pub const PACKET_SOCKET_REFUSED: u32 = 17;
+    /// The socket owner or verdict memory could not be written. Not a verdict.
+    pub const ERR_SOCKET_UPDATE: u32 = 18;
+    /// A connection to a local listener whose owner the fast path does not know: left to the
+    /// packet layer, which asks the kernel for the socket's cgroup. Not a verdict.
+    pub const DEFERRED_LOCAL: u32 = 19;
+    /// The cgroup ancestor walk hit its bound before finding a labelled ancestor. Fails closed.
+    pub const ERR_CGROUP_TOO_DEEP: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -124,6 +169,17 @@ pub mod counter {
         "events_lost",
         "err_no_identity_info",
         "err_listener_update",
+        "held_unlabelled",
+        "err_unresolved_local",
+        "self_exempt",
+        "remembered",
+        "established",
+        "err_packet",
+        "source_route_refused",
+        "packet_socket_refused",
+        "err_socket_update",
+        "deferred_local",
+        "err_cgroup_too_deep",
     ];
 }
 
@@ -136,6 +192,20 @@ pub struct CgroupKey {
     pub slot: u32,
     pub _pad: u32,
 }
+
+/// Value of [`CGROUP_IDENTITY`](maps::CGROUP_IDENTITY).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CgroupLabel {
+    pub identity: u32,
+    /// [`CGROUP_HOLD`].
+    pub flags: u32,
+}
+
+/// A cgroup created below this one (and not labelled yet) may belong to another identity than
+/// this one's: a deeper workload glob could match it. The kernel then holds it fail-closed
+/// instead of letting it inherit this identity.
+pub const CGROUP_HOLD: u32 = 1;
 
 /// Key of [`ADDR_EXACT`](maps::ADDR_EXACT).
 #[repr(C)]
@@ -170,17 +240,23 @@ pub struct AddrValue {
 /// The address belongs to this node: the peer is a local process, not a remote host.
 pub const ADDR_LOCAL: u32 = 1;
 
-/// Key of [`LISTENERS`](maps::LISTENERS).
+/// Key of [`LISTENERS`](maps::LISTENERS): exactly what a socket is bound to, so that binding
+/// `[::1]:P` never takes over the identity of a `0.0.0.0:P` listener.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListenerKey {
     /// `bpf_get_netns_cookie` of the socket's network namespace: ports are per namespace.
     pub netns_cookie: u64,
+    /// The bound address, network byte order, IPv4-mapped for `AF_INET` sockets; all zero (or
+    /// `::ffff:0.0.0.0`) for a wildcard bind.
+    pub addr: [u8; 16],
     /// Host byte order.
     pub port: u16,
     /// [`protocol::TCP`] or [`protocol::UDP`].
     pub protocol: u8,
-    pub _pad: [u8; 5],
+    /// 4 for `AF_INET`, 6 for `AF_INET6` sockets (a dual-stack `[::]:P` listener is 6).
+    pub family: u8,
+    pub _pad: u32,
 }
 
 /// Value of [`LISTENERS`](maps::LISTENERS).
@@ -189,8 +265,61 @@ pub struct ListenerKey {
 pub struct ListenerValue {
     /// The cgroup of the process that bound the socket; resolved to an identity per slot.
     pub cgroup_id: u64,
-    /// `bpf_get_socket_cookie` of the bound socket, so a release only removes its own entry.
+    /// `bpf_get_socket_cookie` of the bound socket, so a release only removes its own entry
+    /// (0 for entries seeded by the daemon).
     pub socket_cookie: u64,
+}
+
+/// Value of [`SOCKET_OWNERS`](maps::SOCKET_OWNERS): recorded in process context when the socket
+/// is created, because the packet layer runs where the current task may be anyone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketOwner {
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: [u8; 16],
+}
+
+/// Value of [`SOCKET_VERDICTS`](maps::SOCKET_VERDICTS): the last flow judged on a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketVerdict {
+    /// Network byte order, IPv4-mapped.
+    pub dst_addr: [u8; 16],
+    /// The generation of the policy that judged it: a new policy judges again.
+    pub generation: u32,
+    /// Host byte order (0 for ICMP and protocols without ports).
+    pub dst_port: u16,
+    /// Folded protocol (see [`decide::fold_protocol`]).
+    pub protocol: u8,
+    /// [`VERDICT_ALLOW`], [`VERDICT_DENY`] or [`VERDICT_AUDIT`].
+    pub verdict: u8,
+}
+
+/// Key of [`LOCAL_ADDRS`](maps::LOCAL_ADDRS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalAddrKey {
+    pub netns_cookie: u64,
+    /// Network byte order, IPv4-mapped.
+    pub addr: [u8; 16],
+}
+
+/// Value of [`RUNTIME`](maps::RUNTIME).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Runtime {
+    /// The network namespace whose addresses are this node's (`--netns`).
+    pub node_netns_cookie: u64,
+    /// The daemon's own cgroup: exempt from judging, so that it never denies or reports itself.
+    pub daemon_cgroup_id: u64,
+    /// The managed cgroup root, and its absolute level in the cgroup hierarchy: a socket whose
+    /// ancestor at that level is the root was made inside the managed subtree.
+    pub root_cgroup_id: u64,
+    pub root_level: u32,
+    pub _pad: u32,
 }
 
 /// Key of [`IDENTITY_INFO`](maps::IDENTITY_INFO).
@@ -218,6 +347,9 @@ pub const IDENTITY_SEGMENTED: u32 = 1;
 pub const IDENTITY_MODE_AUDIT: u32 = 2;
 /// One of its segments says `mode = "enforce"` (and none says audit).
 pub const IDENTITY_MODE_ENFORCE: u32 = 4;
+/// Every segment of this identity allows packet sockets (`packet_sockets = "allow"`): `AF_PACKET`
+/// is not refused.
+pub const IDENTITY_PACKET_SOCKETS: u32 = 8;
 
 /// Data of a [`RULES`](maps::RULES) LPM key. Every field but `port_be` is always matched in full;
 /// the prefix then covers the high bits of the port, which is why it is big-endian and last.
@@ -284,6 +416,13 @@ pub mod hook {
     pub const CONNECT6: u8 = 2;
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
+    /// `cgroup_skb/egress`: the packet layer, for what the socket hooks did not see or judged
+    /// for another destination.
+    pub const SKB_EGRESS: u8 = 5;
+    /// BPF LSM `socket_connect`, for sockets created outside the managed subtree.
+    pub const LSM_CONNECT: u8 = 6;
+    /// BPF LSM `socket_sendmsg`, for sockets created outside the managed subtree.
+    pub const LSM_SENDMSG: u8 = 7;
 }
 
 /// Why a connection was denied (or audited).
@@ -294,10 +433,24 @@ pub mod reason {
     pub const DEFAULT_DENY: u8 = 2;
     /// The kernel could not resolve the local identity and failed closed.
     pub const UNRESOLVED: u8 = 3;
+    /// The process's cgroup is new and not labelled yet, and inheriting its parent's identity
+    /// could be broader than its own: held until labelled.
+    pub const UNLABELLED_CGROUP: u8 = 4;
+    /// The packet carries an IPv6 routing header or an IPv4 source route.
+    pub const SOURCE_ROUTE: u8 = 5;
+    /// The destination is local but the socket that would receive it could not be resolved to
+    /// its owner.
+    pub const UNRESOLVED_LOCAL: u8 = 6;
 }
 
-/// Version of [`FlowEvent`]'s layout; bump on any change.
-pub const FLOW_EVENT_VERSION: u16 = 1;
+/// Version of [`FlowEvent`]'s layout and meaning; bump on any change.
+pub const FLOW_EVENT_VERSION: u16 = 2;
+
+/// [`FlowEvent::flags`]: `pid`, `uid` and `comm` are those of the process that created the socket
+/// (recorded when it was created), not of the task current at the decision.
+pub const EVENT_PROCESS_FROM_SOCKET: u8 = 1;
+/// [`FlowEvent::flags`]: the process is unknown (`pid`, `uid` and `comm` are zero).
+pub const EVENT_NO_PROCESS: u8 = 2;
 
 /// One denied or audited connection attempt, written to [`EVENTS`](maps::EVENTS).
 #[repr(C)]
@@ -315,7 +468,8 @@ pub struct FlowEvent {
     pub protocol: u8,
     /// 4 or 6: the IP version on the wire (IPv4-mapped destinations are 4).
     pub ip_version: u8,
-    pub _pad0: u8,
+    /// [`EVENT_PROCESS_FROM_SOCKET`], [`EVENT_NO_PROCESS`].
+    pub flags: u8,
     pub generation: u32,
     pub rule_id: u32,
     pub src_identity: u32,
@@ -338,13 +492,21 @@ pub struct FlowEvent {
     pub comm: [u8; 16],
 }
 
+pub mod decide;
+
 const _: () = {
     assert!(size_of::<CgroupKey>() == 16);
     assert!(size_of::<AddrKey>() == 20);
     assert!(size_of::<AddrLpmData>() == 20);
     assert!(size_of::<AddrValue>() == 8);
     assert!(size_of::<IdentityKey>() == 8);
-    assert!(size_of::<ListenerKey>() == 16);
+    assert!(size_of::<CgroupLabel>() == 8);
+    assert!(size_of::<ListenerKey>() == 32);
+    assert!(offset_of!(ListenerKey, port) == 24);
+    assert!(size_of::<SocketOwner>() == 40);
+    assert!(size_of::<SocketVerdict>() == 24);
+    assert!(size_of::<LocalAddrKey>() == 24);
+    assert!(size_of::<Runtime>() == 32);
     assert!(size_of::<ListenerValue>() == 16);
     assert!(size_of::<IdentityInfo>() == 8);
     assert!(size_of::<RuleLpmData>() == 16);
@@ -368,15 +530,29 @@ pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 /// Whether a 16-byte address is IPv4-mapped.
 #[must_use]
+#[inline(always)]
 pub fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
     addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// Whether an address always means "this host, in the caller's own network namespace": IPv4
+/// loopback (127/8), `::1`, and the unspecified addresses (connecting to `0.0.0.0` or `::`
+/// reaches a local socket).
+#[must_use]
+#[inline(always)]
+pub fn is_loopback_or_unspecified(addr: &[u8; 16]) -> bool {
+    if is_ipv4_mapped(addr) {
+        return addr[12] == 127 || (addr[12] | addr[13] | addr[14] | addr[15]) == 0;
+    }
+    addr[..15].iter().all(|b| *b == 0) && addr[15] <= 1
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AddrKey, AddrLpmData, AddrValue, CgroupKey, FlowEvent, IdentityInfo, IdentityKey,
-        RuleLpmData, RuleValue, SlotConfig,
+        AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, FlowEvent, IdentityInfo,
+        IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, Runtime, RuleLpmData, RuleValue,
+        SlotConfig, SocketOwner, SocketVerdict,
     };
 
     // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has its
@@ -401,4 +577,18 @@ mod pod {
 
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CgroupLabel {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketVerdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LocalAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Runtime {}
 }

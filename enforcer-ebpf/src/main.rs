@@ -1,82 +1,64 @@
-//! The enforcer's kernel programs. One module per hook family; maps in `maps`; the decision, shared
-//! by every hook, in `decide`.
+//! The enforcer's kernel programs, in layers, each for what the one above cannot see:
+//!
+//! - `sock_addr`: `connect4/6`, `sendmsg4/6` — the fast path, `EPERM` before any packet;
+//! - `skb`: `cgroup_skb/egress` — every packet of a socket in the subtree, judged by its real
+//!   (post-NAT) destination and protocol, one lookup for a flow already judged;
+//! - `sockopt`: `cgroup/setsockopt` — no source routing for segment members;
+//! - `lsm`: BPF LSM — sockets created outside the subtree, packet sockets;
+//! - `sock`: `sock_create`, `post_bind4/6`, `sock_release` — what the judges need to know.
+//!
+//! The decision itself is `enforcer_common::decide`, shared with user space; maps are in `maps`.
 #![no_std]
 #![no_main]
 
+mod cgroup;
 mod ctx;
-mod decide;
+mod local;
+mod lsm;
 mod maps;
+mod report;
+mod skb;
 mod sock;
 mod sock_addr;
+mod sockopt;
+mod view;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use enforcer_common::hook;
 
-#[cgroup_sock_addr(connect4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge::<false>(&ctx, hook::CONNECT4)
+macro_rules! program {
+    ($attr:meta, $name:ident, $ctx:ty, $body:expr) => {
+        #[$attr]
+        pub fn $name(ctx: $ctx) -> i32 {
+            ($body)(&ctx)
+        }
+    };
 }
 
-#[cgroup_sock_addr(connect6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge::<true>(&ctx, hook::CONNECT6)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge::<false>(&ctx, hook::SENDMSG4)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge::<true>(&ctx, hook::SENDMSG6)
-}
-
-#[cgroup_sock(post_bind4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn post_bind4(ctx: SockContext) -> i32 {
-    sock::record_bind(&ctx)
-}
-
-#[cgroup_sock(post_bind6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn post_bind6(ctx: SockContext) -> i32 {
-    sock::record_bind(&ctx)
-}
-
-#[cgroup_sock(sock_release)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro fixes the signature"
-)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    sock::forget(&ctx)
-}
+program!(cgroup_sock_addr(connect4), connect4, SockAddrContext, |c| {
+    sock_addr::judge::<false>(c, hook::CONNECT4)
+});
+program!(cgroup_sock_addr(connect6), connect6, SockAddrContext, |c| {
+    sock_addr::judge::<true>(c, hook::CONNECT6)
+});
+program!(cgroup_sock_addr(sendmsg4), sendmsg4, SockAddrContext, |c| {
+    sock_addr::judge::<false>(c, hook::SENDMSG4)
+});
+program!(cgroup_sock_addr(sendmsg6), sendmsg6, SockAddrContext, |c| {
+    sock_addr::judge::<true>(c, hook::SENDMSG6)
+});
+program!(cgroup_skb(egress), egress, SkBuffContext, skb::egress);
+program!(cgroup_sockopt(setsockopt), setsockopt, SockoptContext, sockopt::setsockopt);
+program!(cgroup_sock(sock_create), sock_create, SockContext, sock::record_owner);
+program!(cgroup_sock(post_bind4), post_bind4, SockContext, sock::record_bind::<false>);
+program!(cgroup_sock(post_bind6), post_bind6, SockContext, sock::record_bind::<true>);
+program!(cgroup_sock(sock_release), sock_release, SockContext, sock::forget);
+program!(lsm(hook = "socket_create"), socket_create, LsmContext, lsm::socket_create);
+program!(lsm(hook = "socket_connect"), socket_connect, LsmContext, lsm::socket_connect);
+program!(lsm(hook = "socket_sendmsg"), socket_sendmsg, LsmContext, lsm::socket_sendmsg);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AddrKey, AddrLpmData, AddrValue, CgroupKey, IdentityInfo, IdentityKey, ListenerKey,
-    ListenerValue, RuleLpmData, RuleValue, SlotConfig, capacity, counter,
+    AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo, IdentityKey,
+    ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime, SlotConfig,
+    SocketOwner, SocketVerdict, capacity, counter,
 };
 
 #[map]
@@ -17,7 +18,7 @@ pub(crate) static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 pub(crate) static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
 
 #[map]
-pub(crate) static CGROUP_IDENTITY: HashMap<CgroupKey, u32> =
+pub(crate) static CGROUP_IDENTITY: HashMap<CgroupKey, CgroupLabel> =
     HashMap::with_max_entries(capacity::CGROUPS, 0);
 
 #[map]
@@ -36,21 +37,45 @@ pub(crate) static IDENTITY_INFO: HashMap<IdentityKey, IdentityInfo> =
 pub(crate) static RULES: LpmTrie<RuleLpmData, RuleValue> =
     LpmTrie::with_max_entries(capacity::RULES, 0);
 
-/// LRU so that entries whose release was never seen (e.g. sockets bound before the programs were
-/// attached and closed after) age out instead of filling the map.
+/// A plain hash, not an LRU: an entry evicted quietly would make its listener resolve to someone
+/// else. A full map is counted and the packet layer judges what the fast path cannot resolve.
 #[map]
-pub(crate) static LISTENERS: LruHashMap<ListenerKey, ListenerValue> =
-    LruHashMap::with_max_entries(capacity::LISTENERS, 0);
+pub(crate) static LISTENERS: HashMap<ListenerKey, ListenerValue> =
+    HashMap::with_max_entries(capacity::LISTENERS, 0);
 
 #[map]
 pub(crate) static LISTENER_KEYS: LruHashMap<u64, ListenerKey> =
     LruHashMap::with_max_entries(capacity::LISTENERS, 0);
 
 #[map]
+pub(crate) static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
+    LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+#[map]
+pub(crate) static SOCKET_VERDICTS: LruHashMap<u64, SocketVerdict> =
+    LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+#[map]
+pub(crate) static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
+    HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+
+#[map]
+pub(crate) static RUNTIME: Array<Runtime> = Array::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static MANAGED_ROOT: CgroupArray = CgroupArray::with_max_entries(1, 0);
+
+#[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// This instance's runtime facts; all zero before the daemon wrote them.
+#[inline(always)]
+pub(crate) fn runtime() -> Runtime {
+    RUNTIME.get(0).copied().unwrap_or_default()
+}
 
 /// Adds one to a per-CPU counter. The index is always one of `counter`'s constants, so the lookup
 /// cannot miss; if it ever did, there is nothing better to do than not count.

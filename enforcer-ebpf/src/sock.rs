@@ -1,35 +1,67 @@
-//! `cgroup/post_bind4`, `post_bind6`, `sock_release`: keep the listener map, so that a connection
-//! to a local address is judged against the workload that bound the port, not the node.
-//! These hooks never refuse anything: they only observe.
+//! `cgroup/sock_create`, `post_bind4`, `post_bind6`, `sock_release`: what the judging hooks need
+//! to know about sockets of the managed subtree. `sock_create` records who made each inet socket
+//! (the packet layer runs where the current task may be anyone); `post_bind` records the exact
+//! address each socket is bound to, so a local connection resolves to the workload whose socket
+//! the kernel will deliver it to. These hooks never refuse anything.
 
 use core::mem::offset_of;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
+    },
     programs::SockContext,
 };
-use enforcer_common::{ListenerKey, ListenerValue, counter, protocol};
-
-use crate::{
-    ctx::field,
-    decide::fold_protocol,
-    maps::{LISTENER_KEYS, LISTENERS, count},
+use enforcer_common::{
+    ListenerKey, ListenerValue, SocketOwner, counter, decide::fold_protocol, ipv4_mapped,
+    protocol,
 };
 
-/// Return value that lets the bind (or release) proceed.
-const PROCEED: i32 = 1;
+use crate::{
+    ctx::{field, ipv6_bytes},
+    maps::{LISTENER_KEYS, LISTENERS, SOCKET_OWNERS, SOCKET_VERDICTS, count},
+};
 
+/// Return value that lets the creation, bind or release proceed.
+const PROCEED: i32 = 1;
 const SK_PROTOCOL: usize = offset_of!(bpf_sock, protocol);
+const SK_SRC_IP4: usize = offset_of!(bpf_sock, src_ip4);
+const SK_SRC_IP6: usize = offset_of!(bpf_sock, src_ip6);
+const SK_SRC_IP6_1: usize = SK_SRC_IP6 + 4;
+const SK_SRC_IP6_2: usize = SK_SRC_IP6 + 8;
+const SK_SRC_IP6_3: usize = SK_SRC_IP6 + 12;
 const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
 
-/// The listener-map key of a bound TCP or UDP socket; `None` for other protocols or no port.
-/// Only `post_bind` may read the port.
+/// Records the creator of a new inet socket.
 #[inline(always)]
-fn key(ctx: &SockContext) -> Option<ListenerKey> {
+pub(crate) fn record_owner(ctx: &SockContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let owner = SocketOwner {
+        // SAFETY: plain helper calls.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: a helper call on the program's own context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        pid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if SOCKET_OWNERS.insert(cookie, owner, 0).is_err() {
+        count(counter::ERR_SOCKET_UPDATE);
+    }
+    PROCEED
+}
+
+/// The listener-map key of a bound TCP or UDP socket; `None` for other protocols or no port.
+/// Only `post_bind` may read the bound address and port, and each only of its own family (`V6`).
+#[inline(always)]
+fn key<const V6: bool>(ctx: &SockContext) -> Option<ListenerKey> {
     let sk: *const bpf_sock = ctx.sock;
-    // SAFETY: `sk` is the program's context and both offsets are fields of it.
+    // SAFETY (all `field` calls): `sk` is the program's context and every offset a field of it.
     let (raw_protocol, port) = unsafe {
         (
             field::<_, SK_PROTOCOL>(sk) as u8,
@@ -40,20 +72,35 @@ fn key(ctx: &SockContext) -> Option<ListenerKey> {
     if port == 0 || (folded != protocol::TCP && folded != protocol::UDP) {
         return None;
     }
+    let v6 = V6;
+    let addr = if v6 {
+        ipv6_bytes(unsafe {
+            [
+                field::<_, SK_SRC_IP6>(sk),
+                field::<_, SK_SRC_IP6_1>(sk),
+                field::<_, SK_SRC_IP6_2>(sk),
+                field::<_, SK_SRC_IP6_3>(sk),
+            ]
+        })
+    } else {
+        ipv4_mapped(unsafe { field::<_, SK_SRC_IP4>(sk) }.to_ne_bytes())
+    };
     Some(ListenerKey {
         // SAFETY: a helper call on the program's own context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        addr,
         port,
         protocol: folded,
-        _pad: [0; 5],
+        family: if v6 { 6 } else { 4 },
+        _pad: 0,
     })
 }
 
-/// Records who bound the port. A full map cannot happen (LRU); any other failure is counted and
-/// the connection to this socket is later judged with the node's identity.
+/// Records who bound the address. A full map is counted; connections to that socket are then
+/// left to the packet layer, which asks the kernel for the socket's cgroup.
 #[inline(always)]
-pub(crate) fn record_bind(ctx: &SockContext) -> i32 {
-    if let Some(key) = key(ctx) {
+pub(crate) fn record_bind<const V6: bool>(ctx: &SockContext) -> i32 {
+    if let Some(key) = key::<V6>(ctx) {
         let value = ListenerValue {
             // SAFETY: plain helper calls.
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -69,18 +116,20 @@ pub(crate) fn record_bind(ctx: &SockContext) -> i32 {
     PROCEED
 }
 
-/// Forgets the port when the socket that bound it goes away (and only that socket: another may
-/// have bound the port since, with SO_REUSEPORT). Release may not read the socket's port, so the
-/// key comes from `LISTENER_KEYS`.
+/// Forgets a socket when it goes away: its owner, its verdict memory, and its bound address
+/// (only if the entry is still its own: another socket may have bound the same address since,
+/// with SO_REUSEPORT).
 #[inline(always)]
 pub(crate) fn forget(ctx: &SockContext) -> i32 {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Entries already gone are as good as removed.
+    let _ = SOCKET_OWNERS.remove(cookie);
+    let _ = SOCKET_VERDICTS.remove(cookie);
     // SAFETY: the key is copied out before the entry is removed.
     if let Some(key) = unsafe { LISTENER_KEYS.get(cookie) }.copied() {
         // SAFETY: as above.
         let ours = unsafe { LISTENERS.get(key) }.is_some_and(|v| v.socket_cookie == cookie);
-        // Entries already gone are as good as removed.
         if ours {
             let _ = LISTENERS.remove(key);
         }

@@ -1,5 +1,8 @@
-//! `cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`: egress judged when a socket connects or
-//! sends a datagram to an explicit address, with the opening process as context.
+//! `cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`: the fast path. Egress is judged when a
+//! socket connects or sends a datagram to an explicit address, with the opening process as
+//! context, and refused with `EPERM` before any packet leaves. What it allows is remembered on the
+//! socket, so the packet layer (`skb`) passes the flow's packets with one lookup and judges again
+//! only a packet whose real destination differs (DNAT, another `msg_name`).
 
 use core::mem::offset_of;
 
@@ -8,20 +11,28 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_ktime_get_boot_ns,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns,
     },
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    FLOW_EVENT_VERSION, FlowEvent, VERDICT_ALLOW, VERDICT_AUDIT, counter, ipv4_mapped,
-    is_ipv4_mapped,
+    Runtime, counter,
+    decide::{Decision, decide, fold_protocol},
+    ipv4_mapped, reason,
 };
 
 use crate::{
-    ctx::field,
-    decide::{Connection, Decision, decide},
-    maps::{EVENTS, count},
+    cgroup::{TaskCgroup, source_identity},
+    ctx::{field, ipv6_bytes},
+    local::{LocalQuery, Owner, Place, owner_from_bind, place},
+    maps::{count, runtime},
+    report::{Actor, Flow, conclude, remember},
+    view::MapView,
 };
+
+/// Not a verdict: the fast path leaves the flow to the packet layer (counted as deferred).
+const VERDICT_DEFER: u8 = 0;
 
 /// Return values of `cgroup_sock_addr` programs: 0 makes the syscall fail with `EPERM`.
 const PROCEED: i32 = 1;
@@ -46,9 +57,25 @@ const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
 
 /// Judges one hook invocation; `V6` selects the address fields, which the verifier only lets each
 /// hook family read for its own family. Every path ends in `PROCEED` or `REFUSE` and bumps one
-/// verdict counter.
+/// counter that says why.
 #[inline(always)]
 pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let runtime = runtime();
+    // SAFETY: a plain helper call without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if runtime.daemon_cgroup_id != 0 && cgroup_id == runtime.daemon_cgroup_id {
+        count(counter::SELF_EXEMPT);
+        return PROCEED;
+    }
+    let mut flow = read_flow::<V6>(ctx, hook);
+    let decision = decide_flow(ctx, &mut flow, &runtime);
+    verdict(ctx, &flow, &decision, cgroup_id)
+}
+
+/// What the hook was asked to do. Its own BPF function, so its stack frame is not added to the
+/// deciding one.
+#[inline(never)]
+fn read_flow<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> Flow {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // SAFETY (all `field` calls here): `sa` is the program's context and every offset one of its
     // fields.
@@ -66,45 +93,95 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
     };
     // `user_port` holds the port in network byte order in its low 16 bits.
     let dst_port = u16::from_be(unsafe { field::<_, USER_PORT>(sa) } as u16);
-    let conn = Connection {
+    let raw_protocol = unsafe { field::<_, PROTOCOL>(sa) } as u8;
+    let (src_addr, src_port) = source(ctx);
+    Flow {
+        hook,
+        protocol: raw_protocol,
+        src_addr,
         dst_addr,
+        src_port,
         dst_port,
-        protocol: unsafe { field::<_, PROTOCOL>(sa) } as u8,
-        // SAFETY: a helper call on the program's own context.
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-    };
-    let decision = decide(&conn);
-    match decision.verdict {
-        VERDICT_ALLOW => {
-            count(counter::ALLOWED);
-            PROCEED
-        }
-        VERDICT_AUDIT => {
-            count(counter::AUDITED);
-            report(ctx, hook, &conn, &decision);
-            PROCEED
-        }
-        _ => {
-            count(counter::DENIED);
-            report(ctx, hook, &conn, &decision);
-            REFUSE
-        }
+        generation: 0,
     }
 }
 
-#[inline(always)]
-fn ipv6_bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let word = words[i].to_ne_bytes();
-        bytes[i * 4] = word[0];
-        bytes[i * 4 + 1] = word[1];
-        bytes[i * 4 + 2] = word[2];
-        bytes[i * 4 + 3] = word[3];
-        i += 1;
+/// Resolves both ends and decides. Its own BPF function, so that its stack frame and the
+/// reporting one are siblings, not added up.
+#[inline(never)]
+fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Decision {
+    let Some(view) = MapView::active() else {
+        return Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT);
+    };
+    // The event and the verdict memory name the generation that decided.
+    flow.generation = view.config.generation;
+    let src = match source_identity(&TaskCgroup, view.slot) {
+        Ok(identity) => identity,
+        Err(why) => return Decision::fail_closed(0, why, counter::COUNT),
+    };
+    // SAFETY: a helper call on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let dst = match place(&view, runtime, netns, &flow.dst_addr) {
+        Place::Remote(identity) => identity,
+        Place::Local => match owner_from_bind(
+            ctx.as_ptr(),
+            &LocalQuery {
+                slot: view.slot,
+                local_identity: view.config.local_identity,
+                netns,
+                dst_addr: flow.dst_addr,
+                dst_port: flow.dst_port,
+                protocol: fold_protocol(flow.protocol),
+            },
+        ) {
+            Owner::Identity(identity) => identity,
+            // Nothing remembered: the packet layer judges the first packet with the kernel's
+            // record of the receiving socket's cgroup.
+            Owner::Defer => {
+                return Decision {
+                    verdict: VERDICT_DEFER,
+                    ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
+                };
+            }
+            Owner::Unresolved => {
+                return Decision::fail_closed(
+                    src,
+                    reason::UNRESOLVED_LOCAL,
+                    counter::ERR_UNRESOLVED_LOCAL,
+                );
+            }
+        },
+        Place::ElsewhereOnNode => {
+            return Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT);
+        }
+    };
+    decide(&view, &view.config, src, dst, flow.protocol, flow.dst_port)
+}
+
+/// Counts and reports the decision, remembers what proceeds, and returns the hook's verdict.
+/// Its own BPF function, so its stack frame is not added to the judging one.
+#[inline(never)]
+fn verdict(ctx: &SockAddrContext, flow: &Flow, decision: &Decision, cgroup_id: u64) -> i32 {
+    if decision.verdict == VERDICT_DEFER {
+        return PROCEED;
     }
-    bytes
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let actor = Actor {
+        pid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        cgroup_id,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        flags: 0,
+    };
+    // SAFETY: a plain helper call.
+    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    if conclude(flow, decision, &actor, boot_ns) {
+        // SAFETY: a helper call on the program's own context.
+        remember(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, flow, decision.verdict);
+        PROCEED
+    } else {
+        REFUSE
+    }
 }
 
 /// The socket's own address and port, when the kernel has bound them already (zeros otherwise;
@@ -132,41 +209,4 @@ fn source(ctx: &SockAddrContext) -> ([u8; 16], u16) {
         ipv4_mapped(unsafe { field::<_, SK_SRC_IP4>(sk) }.to_ne_bytes())
     };
     (addr, unsafe { field::<_, SK_SRC_PORT>(sk) } as u16)
-}
-
-/// Writes a denial or audit to the ring buffer; a full buffer is counted, never silent.
-#[inline(always)]
-fn report(ctx: &SockAddrContext, hook: u8, conn: &Connection, decision: &Decision) {
-    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        count(counter::EVENTS_LOST);
-        return;
-    };
-    let (src_addr, src_port) = source(ctx);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    entry.write(FlowEvent {
-        version: FLOW_EVENT_VERSION,
-        hook,
-        verdict: decision.verdict,
-        reason: decision.reason,
-        protocol: conn.protocol,
-        ip_version: if is_ipv4_mapped(&conn.dst_addr) { 4 } else { 6 },
-        _pad0: 0,
-        generation: decision.generation,
-        rule_id: decision.rule_id,
-        src_identity: decision.src_identity,
-        dst_identity: decision.dst_identity,
-        pid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        src_port,
-        dst_port: conn.dst_port,
-        _pad1: 0,
-        // SAFETY: plain helper calls without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        // SAFETY: as above.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        src_addr,
-        dst_addr: conn.dst_addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    entry.submit(0);
 }

@@ -23,6 +23,8 @@ pub mod compile;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+/// Facts the kernel tells over netlink: network namespaces, local addresses, route sources.
+pub mod host;
 pub mod identity;
 pub mod policy;
 pub mod sinks;

@@ -58,6 +58,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         ready_file: args.ready_file,
         event_buffer_bytes: args.event_buffer_kib * 1024,
+        netns: args.netns,
+        max_cgroups: args.max_cgroups,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

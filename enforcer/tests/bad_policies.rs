@@ -89,6 +89,10 @@ bad_policy! {
         ("policy.toml:2:31", "bad port term \"tcp/65536\": port 65536 is out of range; ports are 1 to 65535"),
     ];
     bad_cidr: "bad-cidr" => [("peers.toml:3:25", "bad CIDR \"10.8.0.0/33\"")];
+    ipv4_mapped_cidr: "ipv4-mapped-cidr" => [(
+        "peers.toml:3:25",
+        "CIDR ::ffff:10.8.0.0/112 is an IPv4-mapped IPv6 prefix, and an IPv6 prefix never claims an IPv4 address; write the IPv4 CIDR 10.8.0.0/16 instead",
+    )];
     cidr_with_host_bits: "cidr-host-bits" => [
         ("peers.toml:3:10", "CIDR 10.8.4.1/24 has host bits set; did you mean 10.8.4.0/24?"),
     ];
@@ -112,11 +116,18 @@ bad_policy! {
         ("policy.toml:2:8", "unknown entity `@hosts`; the entities are @host, @world and @any"),
     ];
     bad_address: "bad-address" => [("nodes.toml:3:28", "bad address \"10.10.1.300\"")];
+    ipv4_mapped_address: "ipv4-mapped-address" => [(
+        "nodes.toml:3:31",
+        "address ::ffff:10.10.1.11 is an IPv4-mapped IPv6 address, and IPv4 and IPv6 are separate spaces; write the IPv4 address 10.10.1.11 instead",
+    )];
     undefined_node: "undefined-node" => [
         ("inventory.toml:7:18", "`nodes` names node `db-2`, but no [[node]] has that name"),
     ];
     bad_mode: "bad-mode" => [
         ("segments.toml:4:8", "unknown mode \"Audit\"; expected \"enforce\" or \"audit\""),
+    ];
+    bad_packet_sockets: "bad-packet-sockets" => [
+        ("segments.toml:4:18", "unknown packet_sockets value \"permit\"; expected \"deny\" or \"allow\""),
     ];
     missing_ports: "missing-ports" => [("policy.toml:1:1", "[[deny]] is missing the required key `ports`")];
     empty_ports: "empty-ports" => [("policy.toml:4:9", "`ports` in [[allow]] must not be empty")];

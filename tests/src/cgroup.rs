@@ -44,6 +44,40 @@ impl CgroupDir {
         path
     }
 
+    /// Creates a chain of `depth` nested cgroups below this one: `first`, then `d2`, `d3`, … and
+    /// `leaf` as the `depth`-th, e.g. `create_chain("chain", 4, "leaf")` makes
+    /// `chain/d2/d3/leaf`. Returns the leaf's path relative to this cgroup. `first` may itself be
+    /// a path (`a/b`); its components count towards `depth` as one.
+    pub fn create_chain(&self, first: &str, depth: usize, leaf: &str) -> String {
+        assert!(depth >= 2, "a chain has a first cgroup and a leaf");
+        let mut rel = first.to_owned();
+        for level in 2..depth {
+            rel.push_str(&format!("/d{level}"));
+        }
+        rel.push('/');
+        rel.push_str(leaf);
+        self.create(&rel);
+        rel
+    }
+
+    /// Creates `count` sibling cgroups `parent/prefix-0` … `parent/prefix-<count-1>` (and `parent`
+    /// if needed) with one mkdir(2) each, and returns their paths relative to this cgroup.
+    pub fn create_many(&self, parent: &str, prefix: &str, count: usize) -> Vec<String> {
+        let base = self.create(parent);
+        (0..count)
+            .map(|n| {
+                let name = format!("{prefix}-{n}");
+                let path = base.join(&name);
+                fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+                if parent.is_empty() {
+                    name
+                } else {
+                    format!("{parent}/{name}")
+                }
+            })
+            .collect()
+    }
+
     /// The pids currently in `rel` itself (not its children).
     #[must_use]
     pub fn pids(&self, rel: &str) -> Vec<u32> {

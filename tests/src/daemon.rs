@@ -1,7 +1,9 @@
 //! The enforcer daemon under test, as a real child process.
 
 use std::{
-    fs::{self, File},
+    fs::{self, File, OpenOptions},
+    io,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -35,14 +37,35 @@ pub fn enforcer_bin() -> PathBuf {
     )
 }
 
-/// What `enforcer run` is told.
+/// What `enforcer run` is told, and where it runs.
 #[derive(Clone, Debug)]
 pub struct DaemonArgs<'a> {
     pub policy: &'a Path,
     pub node: &'a str,
     pub cgroup_root: &'a Path,
+    /// `--netns PATH`: the network namespace whose addresses are this node's own (the lab passes
+    /// its client namespace, `/run/netns/<name>`). `None`: the flag is not passed.
+    pub netns: Option<&'a Path>,
+    /// A cgroup directory (absolute path) the daemon process is started in, e.g. one below the
+    /// managed root. `None`: the test's own cgroup, outside the managed tree.
+    pub cgroup: Option<&'a Path>,
     /// Appended after the standard flags.
     pub extra: &'a [&'a str],
+}
+
+impl<'a> DaemonArgs<'a> {
+    /// The three required flags; no `--netns`, the test's own cgroup, no extra flags.
+    #[must_use]
+    pub fn new(policy: &'a Path, node: &'a str, cgroup_root: &'a Path) -> Self {
+        Self {
+            policy,
+            node,
+            cgroup_root,
+            netns: None,
+            cgroup: None,
+            extra: &[],
+        }
+    }
 }
 
 /// A daemon that exited before it became ready.
@@ -92,9 +115,8 @@ impl Daemon {
         let bin = enforcer_bin();
         let stdout = File::create(dir.path().join("stdout")).expect("create stdout file");
         let stderr = File::create(dir.path().join("stderr")).expect("create stderr file");
-        let started = Instant::now();
-        let child = Command::new(&bin)
-            .arg("run")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
             .arg("--policy")
             .arg(args.policy)
             .arg("--node")
@@ -104,8 +126,37 @@ impl Daemon {
             .arg("--events")
             .arg(dir.path().join("events.jsonl"))
             .arg("--ready-file")
-            .arg(dir.path().join("ready"))
-            .args(args.extra)
+            .arg(dir.path().join("ready"));
+        if let Some(netns) = args.netns {
+            cmd.arg("--netns").arg(netns);
+        }
+        cmd.args(args.extra);
+        // Opened here, written in the child between fork and exec: the daemon is inside the
+        // cgroup from its first instruction, and the child does nothing but one write(2).
+        let procs = args.cgroup.map(|cgroup| {
+            let path = cgroup.join("cgroup.procs");
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        });
+        if let Some(procs) = &procs {
+            let fd = procs.as_raw_fd();
+            // SAFETY: the hook only calls write(2), which is async-signal-safe, on an fd that
+            // stays open until after spawn returns; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // "0" is the writing process itself.
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let started = Instant::now();
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -116,6 +167,7 @@ impl Daemon {
                     bin.display()
                 )
             });
+        drop(procs);
         let mut daemon = Self {
             child: Some(child),
             dir,
@@ -247,10 +299,11 @@ impl Drop for Daemon {
         self.stop();
         let events = self.events_path();
         if thread::panicking() {
+            // A failing test may be one that caught an event storm: show its head, not megabytes.
             eprintln!(
                 "--- enforcer stderr ---\n{}\n--- enforcer events ---\n{}",
-                self.stderr(),
-                fs::read_to_string(&events).unwrap_or_default()
+                head(&self.stderr(), DUMP_LINES),
+                head(&fs::read_to_string(&events).unwrap_or_default(), DUMP_LINES)
             );
             return;
         }
@@ -258,4 +311,18 @@ impl Drop for Daemon {
             crate::ocsf::assert_valid_ocsf(&events);
         }
     }
+}
+
+/// How many lines of the daemon's stderr and events a failing test shows.
+const DUMP_LINES: usize = 200;
+
+/// The first `n` lines of `text`, and how many were left out.
+fn head(text: &str, n: usize) -> String {
+    let total = text.lines().count();
+    let mut out: Vec<&str> = text.lines().take(n).collect();
+    let more = format!("[... {} more lines]", total.saturating_sub(n));
+    if total > n {
+        out.push(&more);
+    }
+    out.join("\n")
 }

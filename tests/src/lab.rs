@@ -18,7 +18,9 @@ use std::{
 use crate::{
     cgroup::CgroupDir,
     daemon::{Daemon, DaemonArgs},
-    netns::{NetNs, VethEnd, VethPair, add_address, add_onlink_route, next_counter},
+    netns::{
+        NetNs, VethEnd, VethPair, add_address, add_local_address, add_onlink_route, next_counter,
+    },
     policy::PolicyDir,
     probe::{Listener, Probe, Proto},
 };
@@ -89,6 +91,8 @@ pub struct LabBuilder {
     files: Vec<(String, String)>,
     node_labels: Option<String>,
     no_daemon: bool,
+    client_addrs: Vec<String>,
+    daemon_cgroup: Option<String>,
 }
 
 impl Default for LabBuilder {
@@ -99,6 +103,8 @@ impl Default for LabBuilder {
             files: Vec::new(),
             node_labels: Some(r#"{ role = "client" }"#.to_owned()),
             no_daemon: false,
+            client_addrs: Vec::new(),
+            daemon_cgroup: None,
         }
     }
 }
@@ -135,9 +141,25 @@ impl LabBuilder {
         self
     }
 
-    /// Leave the daemon to the test (e.g. to watch it refuse to start).
+    /// Leave the daemon to the test (e.g. to watch it refuse to start, or to bind sockets before
+    /// it starts: [`Lab::start_daemon`]).
     pub fn no_daemon(mut self) -> Self {
         self.no_daemon = true;
+        self
+    }
+
+    /// An extra local address (template) of the client host, on its `lo` and so in no `[[node]]`
+    /// table: a real address of the node the policy does not declare. Added before the daemon
+    /// starts; [`Lab::add_client_addr`] adds one later.
+    pub fn client_addr(mut self, template: &str) -> Self {
+        self.client_addrs.push(template.to_owned());
+        self
+    }
+
+    /// Run the lab's daemon as a process in the cgroup `rel` below the managed root (created
+    /// before the daemon starts), as a daemon started by systemd inside the managed tree would.
+    pub fn daemon_cgroup(mut self, rel: &str) -> Self {
+        self.daemon_cgroup = Some(rel.to_owned());
         self
     }
 
@@ -171,12 +193,17 @@ impl LabBuilder {
             add_address(&server, addr, host_len);
             add_onlink_route(&client, &format!("{addr}/{host_len}"));
         }
+        for template in &self.client_addrs {
+            let addr = ip(template);
+            add_local_address(&client, addr, if addr.is_ipv4() { 32 } else { 128 });
+        }
         client.allow_ping_sockets();
 
         let cgroups = CgroupDir::new();
         for rel in &self.workloads {
             cgroups.create(rel);
         }
+        let daemon_cgroup = self.daemon_cgroup.as_deref().map(|rel| cgroups.create(rel));
         let policy = PolicyDir::new();
         if let Some(labels) = &self.node_labels {
             let table = format!(
@@ -187,6 +214,7 @@ impl LabBuilder {
         for (rel, template) in &self.files {
             policy.write(rel, &net.expand(template));
         }
+        let client_netns_path = Path::new("/run/netns").join(client.name());
         let mut lab = Lab {
             daemon: None,
             cgroups,
@@ -195,9 +223,11 @@ impl LabBuilder {
             client,
             policy,
             net,
+            client_netns_path,
+            daemon_cgroup,
         };
         if !self.no_daemon {
-            lab.daemon = Some(Daemon::start(&lab.daemon_args()));
+            lab.start_daemon();
         }
         lab
     }
@@ -214,6 +244,10 @@ pub struct Lab {
     client: NetNs,
     policy: PolicyDir,
     net: Net,
+    /// `/run/netns/<client>`, what the daemon is told is this node's network namespace.
+    client_netns_path: PathBuf,
+    /// Absolute path of the cgroup the daemon runs in, when told to run inside the managed tree.
+    daemon_cgroup: Option<PathBuf>,
 }
 
 impl Lab {
@@ -265,9 +299,35 @@ impl Lab {
         &self.server
     }
 
+    /// The path the daemon gets as `--netns`: `/run/netns/<client namespace>`.
+    #[must_use]
+    pub fn client_netns_path(&self) -> &Path {
+        &self.client_netns_path
+    }
+
+    /// Adds a local address (template, `/32` or `/128`) to the client host's `lo` now, while the
+    /// daemon may be running; it is in no `[[node]]` table. Returns the address.
+    pub fn add_client_addr(&self, template: &str) -> IpAddr {
+        let addr = self.ip(template);
+        add_local_address(&self.client, addr, if addr.is_ipv4() { 32 } else { 128 });
+        addr
+    }
+
     #[must_use]
     pub fn cgroup_root(&self) -> &Path {
         self.cgroups.path()
+    }
+
+    /// The managed root, for its helpers ([`CgroupDir::create_chain`], [`CgroupDir::create_many`]).
+    #[must_use]
+    pub fn cgroups(&self) -> &CgroupDir {
+        &self.cgroups
+    }
+
+    /// The cgroup the daemon runs in ([`LabBuilder::daemon_cgroup`]), if any.
+    #[must_use]
+    pub fn daemon_cgroup(&self) -> Option<&Path> {
+        self.daemon_cgroup.as_deref()
     }
 
     /// Creates a cgroup below the managed root now (after the daemon started, if it did).
@@ -288,14 +348,32 @@ impl Lab {
     }
 
     /// The arguments the lab's daemon runs with (for tests that start it themselves).
+    /// The daemon always learns this node's addresses from the client namespace (`--netns`), and
+    /// runs in [`LabBuilder::daemon_cgroup`] when one was given.
     #[must_use]
     pub fn daemon_args(&self) -> DaemonArgs<'_> {
         DaemonArgs {
             policy: self.policy.path(),
             node: CLIENT_NODE,
             cgroup_root: self.cgroups.path(),
+            netns: Some(&self.client_netns_path),
+            cgroup: self.daemon_cgroup.as_deref(),
             extra: &[],
         }
+    }
+
+    /// Starts the lab's daemon with [`Lab::daemon_args`] and waits until it enforces (for a lab
+    /// built with [`LabBuilder::no_daemon`], or after [`Lab::stop_daemon`]).
+    pub fn start_daemon(&mut self) -> &Daemon {
+        assert!(self.daemon.is_none(), "the lab's daemon is already running");
+        let daemon = Daemon::start(&self.daemon_args());
+        self.daemon.insert(daemon)
+    }
+
+    /// The running daemon, mutably (e.g. to [`Daemon::stop`] it and look at how it exited).
+    #[must_use]
+    pub fn daemon_mut(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("this lab has no daemon")
     }
 
     /// The running daemon; panics for a lab built with [`LabBuilder::no_daemon`].
@@ -315,6 +393,15 @@ impl Lab {
         let cgroup = self.cgroups.path().join(rel);
         assert!(cgroup.is_dir(), "no cgroup {rel:?} in this lab");
         Probe::new(Some(&cgroup), Some(self.client.name()))
+    }
+
+    /// A listener on the client host (this node), served by a process in the cgroup `rel` below
+    /// the managed root: a local workload.
+    #[must_use]
+    pub fn listen_local(&self, rel: &str, proto: Proto, addr: IpAddr, port: u16) -> Listener {
+        let cgroup = self.cgroups.path().join(rel);
+        assert!(cgroup.is_dir(), "no cgroup {rel:?} in this lab");
+        Listener::start_in(Some(&cgroup), self.client.name(), proto, addr, port)
     }
 
     /// A listener on the server host.

@@ -197,3 +197,14 @@ pub fn add_address(netns: &NetNs, addr: IpAddr, len: u8) {
 pub fn add_onlink_route(netns: &NetNs, cidr: &str) {
     ip(&["-n", netns.name(), "route", "add", cidr, "dev", VETH_IFNAME]);
 }
+
+/// Adds `addr/len` to `lo` in `netns`: an address the kernel holds as local (a secondary IP) that
+/// no veth carries. IPv6 addresses skip duplicate address detection.
+pub fn add_local_address(netns: &NetNs, addr: IpAddr, len: u8) {
+    let cidr = format!("{addr}/{len}");
+    let mut args = vec!["-n", netns.name(), "addr", "add", &cidr, "dev", "lo"];
+    if addr.is_ipv6() {
+        args.push("nodad");
+    }
+    ip(&args);
+}

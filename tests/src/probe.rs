@@ -37,6 +37,8 @@ pub fn probe_bin() -> PathBuf {
 pub enum Proto {
     Tcp,
     Udp,
+    /// UDP-Lite (`IPPROTO_UDPLITE`, 136): a plain UDP socket never receives it.
+    UdpLite,
 }
 
 /// Where a probe runs: an optional cgroup to join, then an optional network namespace.
@@ -229,17 +231,47 @@ impl Listener {
         addr: IpAddr,
         port: u16,
     ) -> Self {
+        Self::start_with(cgroup, netns, proto, addr, port, &[])
+    }
+
+    /// Like [`Listener::start_in`] on an IPv6 `addr`, with `IPV6_V6ONLY` set before the bind: the
+    /// socket takes no IPv4 traffic, so it can share its port with an IPv4 listener.
+    #[must_use]
+    pub fn start_in_v6only(
+        cgroup: Option<&Path>,
+        netns: &str,
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+    ) -> Self {
+        Self::start_with(cgroup, netns, proto, addr, port, &["--v6only"])
+    }
+
+    /// Like [`Listener::start_in`], with listener options (`opts`, e.g. `["--v6only"]`) passed
+    /// between the action and its address.
+    #[must_use]
+    pub fn start_with(
+        cgroup: Option<&Path>,
+        netns: &str,
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+        opts: &[&str],
+    ) -> Self {
         let verb = match proto {
             Proto::Tcp => "tcp-listen",
             Proto::Udp => "udp-listen",
+            Proto::UdpLite => "udplite-listen",
         };
-        let desc = format!("{verb} {addr} {port} in {netns}");
+        let desc = format!("{verb} {} {addr} {port} in {netns}", opts.join(" "));
         let mut cmd = Command::new(probe_bin());
         if let Some(cgroup) = cgroup {
             cmd.arg("--cgroup").arg(cgroup);
         }
         let mut child = cmd
-            .args(["--netns", netns, verb, &addr.to_string(), &port.to_string()])
+            .args(["--netns", netns, verb])
+            .args(opts)
+            .args([&addr.to_string(), &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -317,5 +349,171 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The probe's socket-kind actions (`src/bin/enforcer-probe/socket_kinds.rs`): the paths that a
+/// workload could take past the plain connect and sendmsg hooks.
+impl Probe {
+    /// UDP-Lite, unconnected: `sendto`.
+    pub fn udplite_sendto(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["udplite-sendto", &addr.to_string(), &port.to_string()])
+    }
+
+    /// UDP-Lite: `connect`, then `send` without an address.
+    pub fn udplite_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["udplite-connect", &addr.to_string(), &port.to_string()])
+    }
+
+    /// An ICMP echo by `sendto` on an unconnected ping socket; ok only once the reply arrived.
+    pub fn ping_sendto(&self, addr: IpAddr) -> ProbeOutcome {
+        self.run(&["ping-sendto", &addr.to_string()])
+    }
+
+    /// A hand-built TCP SYN through `SOCK_RAW`/`IPPROTO_TCP`; ok only once the server answered it
+    /// (SYN-ACK, or RST from a closed port): proof that the SYN arrived.
+    pub fn raw_tcp_syn(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["raw-tcp-syn", &addr.to_string(), &port.to_string()])
+    }
+
+    /// `setsockopt(IPV6_RTHDR)` with a routing header of `kind` (0, 2 or 4) through `via`, then
+    /// `sendto(addr, port)`.
+    pub fn udp_rthdr(&self, kind: u8, via: IpAddr, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let (kind, via) = (kind.to_string(), via.to_string());
+        self.run(&[
+            "udp-rthdr",
+            &kind,
+            &via,
+            &addr.to_string(),
+            &port.to_string(),
+        ])
+    }
+
+    /// The routing header of [`Probe::udp_rthdr`] as an `IPV6_RTHDR` control message of one
+    /// `sendmsg`.
+    pub fn udp_rthdr_cmsg(&self, kind: u8, via: IpAddr, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let (kind, via) = (kind.to_string(), via.to_string());
+        self.run(&[
+            "udp-rthdr-cmsg",
+            &kind,
+            &via,
+            &addr.to_string(),
+            &port.to_string(),
+        ])
+    }
+
+    /// `setsockopt(IP_OPTIONS)` with an IPv4 source route (`kind`: `lsrr` or `ssrr`) through
+    /// `via`, then `sendto(addr, port)`.
+    pub fn udp_srr(&self, kind: &str, via: IpAddr, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let via = via.to_string();
+        self.run(&["udp-srr", kind, &via, &addr.to_string(), &port.to_string()])
+    }
+
+    /// The source route of [`Probe::udp_srr`] as an `IP_RETOPTS` control message of one
+    /// `sendmsg`.
+    pub fn udp_srr_cmsg(&self, kind: &str, via: IpAddr, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let via = via.to_string();
+        self.run(&[
+            "udp-srr-cmsg",
+            kind,
+            &via,
+            &addr.to_string(),
+            &port.to_string(),
+        ])
+    }
+
+    /// A TCP socket made by this probe (run it without a cgroup), passed with SCM_RIGHTS to a child
+    /// probe in `cgroup`, which connects it. The outcome (and its pid) is the child's.
+    pub fn passed_tcp_connect(&self, cgroup: &Path, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let cgroup = cgroup.to_string_lossy();
+        self.run(&[
+            "passed-tcp-connect",
+            &cgroup,
+            &addr.to_string(),
+            &port.to_string(),
+        ])
+    }
+
+    /// Like [`Probe::passed_tcp_connect`] with a UDP socket and `sendto`.
+    pub fn passed_udp_sendto(&self, cgroup: &Path, addr: IpAddr, port: u16) -> ProbeOutcome {
+        let cgroup = cgroup.to_string_lossy();
+        self.run(&[
+            "passed-udp-sendto",
+            &cgroup,
+            &addr.to_string(),
+            &port.to_string(),
+        ])
+    }
+
+    /// Opens a packet socket: `kind` is `packet-raw` (`AF_PACKET`, `SOCK_RAW`), `packet-dgram`
+    /// or `inet-packet` (`AF_INET`, `SOCK_PACKET`), all for `ETH_P_ALL`.
+    pub fn packet_socket(&self, kind: &str) -> ProbeOutcome {
+        self.run(&["packet-socket", kind])
+    }
+
+    /// One UDP socket: `connect(addr)`, `send`, then `sendto(other)`.
+    pub fn udp_connected_sendto(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        other: IpAddr,
+        oport: u16,
+    ) -> ProbeOutcome {
+        let args = [
+            addr.to_string(),
+            port.to_string(),
+            other.to_string(),
+            oport.to_string(),
+        ];
+        self.run(&[
+            "udp-connected-sendto",
+            &args[0],
+            &args[1],
+            &args[2],
+            &args[3],
+        ])
+    }
+
+    /// One UDP socket: `connect(addr)`, `send`, `connect(AF_UNSPEC)`, then `sendto(other)`.
+    pub fn udp_unspec_sendto(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        other: IpAddr,
+        oport: u16,
+    ) -> ProbeOutcome {
+        let args = [
+            addr.to_string(),
+            port.to_string(),
+            other.to_string(),
+            oport.to_string(),
+        ];
+        self.run(&["udp-unspec-sendto", &args[0], &args[1], &args[2], &args[3]])
+    }
+
+    /// One `sendmmsg` of two datagrams, to `addr` then `other`; ok only if both went out.
+    pub fn udp_sendmmsg(&self, addr: IpAddr, port: u16, other: IpAddr, oport: u16) -> ProbeOutcome {
+        let args = [
+            addr.to_string(),
+            port.to_string(),
+            other.to_string(),
+            oport.to_string(),
+        ];
+        self.run(&["udp-sendmmsg", &args[0], &args[1], &args[2], &args[3]])
+    }
+
+    /// TCP Fast Open: `sendto(MSG_FASTOPEN)` on a fresh socket.
+    pub fn tcp_fastopen(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["tcp-fastopen", &addr.to_string(), &port.to_string()])
+    }
+
+    /// `connect` on an `IPPROTO_MPTCP` socket.
+    pub fn mptcp_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["mptcp-connect", &addr.to_string(), &port.to_string()])
+    }
+
+    /// `IORING_OP_CONNECT` of a TCP socket.
+    pub fn io_uring_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["io-uring-connect", &addr.to_string(), &port.to_string()])
     }
 }

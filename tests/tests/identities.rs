@@ -1,11 +1,12 @@
 //! How endpoints resolve to identities: remote addresses (exact `[[node]]`, longest `[[peer]]`
-//! prefix, `@world`), inline selectors, and local processes by cgroup (deepest match, cgroups
+//! prefix, `@world`, IPv6 prefixes that never claim IPv4), inline selectors, and local processes by cgroup (deepest match, cgroups
 //! created while the daemon runs, cgroups no workload claims).
 
-use std::{thread, time::Duration};
+use std::{net::IpAddr, process::Command, thread, time::Duration};
 
 use enforcer_tests::{
     CLIENT_NODE, EVENT_TIMEOUT, Lab, Proto,
+    daemon::enforcer_bin,
     events::{self, Verdict},
     require_privileges,
 };
@@ -374,4 +375,122 @@ ports = ["tcp/80"]
     lab.probe("misc").tcp_connect(db, 81).assert_denied();
     let ev = lab.daemon().wait_for_events(1, EVENT_TIMEOUT).remove(0);
     events::assert_names(&ev, "@host", "db");
+}
+
+#[test]
+fn an_ipv6_prefix_never_claims_ipv4() {
+    if !require_privileges() {
+        return;
+    }
+    const PORT: u16 = 7401;
+    let policy = format!(
+        r#"
+[[workload]]
+name = "client"
+cgroup = "client"
+labels = {{ segment = "client" }}
+
+[[peer]]
+name = "server"
+cidrs = ["${{SERVER4}}/32", "${{SERVER6}}/128"]
+labels = {{ segment = "server" }}
+
+# All of IPv6, and nothing of IPv4 (POLICY.md: the spaces are separate, whatever form the kernel
+# stores an IPv4 address in).
+[[peer]]
+name = "v6-all"
+cidrs = ["::/0"]
+labels = {{ segment = "v6all" }}
+
+[[segment]]
+name = "client-seg"
+select = {{ segment = "client" }}
+
+[[segment]]
+name = "server-seg"
+select = {{ segment = "server" }}
+
+[[segment]]
+name = "v6all-seg"
+select = {{ segment = "v6all" }}
+
+[[allow]]
+from = "client-seg"
+to = "server-seg"
+ports = ["tcp/{PORT}"]
+
+[[allow]]
+from = "client-seg"
+to = "@world"
+ports = ["tcp/{PORT}"]
+
+[[deny]]
+from = "client-seg"
+to = "v6all-seg"
+ports = ["any"]
+"#
+    );
+    let lab = Lab::builder()
+        .workload("client")
+        .server_addr("${WORLD4}")
+        .server_addr("${NET6}::99")
+        .policy("main.toml", &policy)
+        .start();
+    let v6_other = lab.ip("${NET6}::99");
+    let mapped = |template: &str| -> IpAddr {
+        let IpAddr::V4(v4) = lab.ip(template) else {
+            panic!("{template} is not IPv4")
+        };
+        IpAddr::V6(v4.to_ipv6_mapped())
+    };
+    let addrs = [lab.server4(), lab.ip("${WORLD4}"), lab.server6(), v6_other];
+    let _listeners: Vec<_> = addrs
+        .iter()
+        .map(|&a| lab.listen(Proto::Tcp, a, PORT))
+        .collect();
+
+    // IPv4, through an AF_INET socket and IPv4-mapped through an AF_INET6 one: the server by its
+    // /32, and an address no IPv4 table claims is @world, not v6-all.
+    for ip in [
+        lab.server4(),
+        mapped("${SERVER4}"),
+        lab.ip("${WORLD4}"),
+        mapped("${WORLD4}"),
+    ] {
+        lab.probe("client").tcp_connect(ip, PORT).assert_ok();
+    }
+    // IPv6: the /128 beats ::/0; any other address is v6-all, denied by the [[deny]].
+    lab.probe("client")
+        .tcp_connect(lab.server6(), PORT)
+        .assert_ok();
+    lab.probe("client")
+        .tcp_connect(v6_other, PORT)
+        .assert_denied();
+    let ev = lab
+        .daemon()
+        .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, v6_other, Some(PORT)));
+    events::assert_verdict(&ev, Verdict::Denied);
+    events::assert_names(&ev, "client", "v6-all");
+    events::assert_rule(&ev, &lab.rule_uid("main.toml", "[[deny]]", 0));
+    let evs = lab.daemon().events();
+    assert_eq!(evs.len(), 1, "only the IPv6 attempt is denied: {evs:#?}");
+
+    // `enforcer check` warns that an IPv6 prefix overlaps the IPv4-mapped space.
+    let out = Command::new(enforcer_bin())
+        .arg("check")
+        .arg(lab.policy_dir().path())
+        .args(["--node", CLIENT_NODE])
+        .output()
+        .expect("run enforcer check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "check refused the policy:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.to_lowercase().contains("warn") && l.contains("::/0")),
+        "check says nothing about ::/0:\n{text}"
+    );
 }

@@ -20,6 +20,8 @@ fn refused(files: &[(&str, &str)]) -> String {
         policy: policy.path(),
         node: "client-host",
         cgroup_root: cgroups.path(),
+        netns: None,
+        cgroup: None,
         extra: &[],
     };
     let Err(exit) = Daemon::try_start(&args) else {
@@ -140,6 +142,8 @@ fn good_policy_starts_and_stops_on_sigterm() {
         policy: policy.path(),
         node: "client-host",
         cgroup_root: cgroups.path(),
+        netns: None,
+        cgroup: None,
         extra: &[],
     });
     assert!(daemon.pid().is_some());

@@ -2,7 +2,13 @@
 
 use std::fmt::Write as _;
 
-use crate::{daemon::Prepared, identity::IdentityKind, policy::Action};
+use enforcer_common::{IDENTITY_PACKET_SOCKETS, IDENTITY_SEGMENTED};
+
+use crate::{
+    daemon::Prepared,
+    identity::IdentityKind,
+    policy::{Action, PacketSockets},
+};
 
 /// What a valid policy holds and what it costs in the kernel, as seen from `node`.
 #[must_use]
@@ -35,20 +41,42 @@ pub fn summary(prepared: &Prepared, node: &str) -> String {
     );
     let _ = writeln!(out, "segments:   {}", policy.segments.len());
     for (index, segment) in policy.segments.iter().enumerate() {
-        let members: Vec<&str> = identities
+        // (name, flags) of each member.
+        let members: Vec<(&str, u32)> = identities
             .iter()
-            .filter(|i| {
-                state.identity_info.get(&i.id).is_some_and(|info| {
-                    info.flags & enforcer_common::IDENTITY_SEGMENTED != 0
-                        && compiled_member(compiled, i.id, index)
-                })
+            .filter_map(|i| {
+                let info = state.identity_info.get(&i.id)?;
+                (info.flags & IDENTITY_SEGMENTED != 0 && compiled_member(compiled, i.id, index))
+                    .then_some((i.name.as_str(), info.flags))
             })
-            .map(|i| i.name.as_str())
             .collect();
-        let mode = segment
-            .mode
-            .map_or_else(String::new, |m| format!(" (mode {})", m.as_str()));
-        let _ = writeln!(out, "  {}{mode}: {}", segment.name, members.join(", "));
+        let mut notes = Vec::new();
+        if let Some(mode) = segment.mode {
+            notes.push(format!("mode {}", mode.as_str()));
+        }
+        if segment.packet_sockets == PacketSockets::Allow {
+            // The exemption needs every segment of a member to agree: say who does not get it.
+            let banned: Vec<&str> = members
+                .iter()
+                .filter(|(_, flags)| flags & IDENTITY_PACKET_SOCKETS == 0)
+                .map(|(name, _)| *name)
+                .collect();
+            if banned.is_empty() {
+                notes.push("packet sockets allowed".to_owned());
+            } else {
+                notes.push(format!(
+                    "packet sockets allowed, but not for {}: another of their segments denies them",
+                    banned.join(", ")
+                ));
+            }
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        };
+        let names: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
+        let _ = writeln!(out, "  {}{notes}: {}", segment.name, names.join(", "));
     }
     let _ = writeln!(
         out,

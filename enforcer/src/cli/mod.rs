@@ -58,6 +58,16 @@ pub struct RunArgs {
     /// it lose events, which are counted and logged, never silently dropped.
     #[arg(long, default_value_t = enforcer_common::capacity::EVENTS_BYTES / 1024, value_parser = event_buffer_kib)]
     pub event_buffer_kib: u32,
+    /// The network namespace whose addresses are this node's own (a path such as
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`; default: the daemon's own). Its addresses are
+    /// learnt from the kernel and kept current, declared in `[[node]]` or not.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Cgroup labels the kernel can hold (two policy slots share them during a swap, so one
+    /// policy may label half). Cgroups beyond it inherit or are held, never let out, and are
+    /// reported.
+    #[arg(long, default_value_t = enforcer_common::capacity::CGROUPS, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
+    pub max_cgroups: u32,
 }
 
 fn event_buffer_kib(text: &str) -> Result<u32, String> {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use enforcer_common::{
-    ADDR_LOCAL, IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE, IDENTITY_SEGMENTED, RULE_AUDIT,
-    RULE_FAILSAFE, VERDICT_ALLOW, is_ipv4_mapped, protocol,
+    ADDR_LOCAL, IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE, IDENTITY_PACKET_SOCKETS,
+    IDENTITY_SEGMENTED, RULE_AUDIT, RULE_FAILSAFE, VERDICT_ALLOW, is_ipv4_mapped, protocol,
 };
 
 use super::{AddrPrefix, CompiledPolicy};
@@ -45,9 +45,15 @@ impl CompiledPolicy {
             } else {
                 "default"
             };
+            // Only when set, so that images of policies without the key read as before.
+            let packet_sockets = if info.flags & IDENTITY_PACKET_SOCKETS != 0 {
+                " packet_sockets=allow"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "identity {id} {} segment={segment} mode={mode}",
+                "identity {id} {} segment={segment} mode={mode}{packet_sockets}",
                 name(*id)
             );
         }

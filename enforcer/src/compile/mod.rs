@@ -19,15 +19,17 @@ use std::{
 
 use enforcer_common::{
     ADDR_LOCAL, AddrValue, CONFIG_AUDIT, IDENTITY_MODE_AUDIT, IDENTITY_MODE_ENFORCE,
-    IDENTITY_SEGMENTED, IdentityInfo, RULE_AUDIT, RULE_FAILSAFE, RuleValue, SlotConfig,
-    VERDICT_ALLOW, VERDICT_DENY, capacity, identity, ipv4_mapped, protocol,
+    IDENTITY_PACKET_SOCKETS, IDENTITY_SEGMENTED, IdentityInfo, RULE_AUDIT, RULE_FAILSAFE,
+    RuleValue, SlotConfig, VERDICT_ALLOW, VERDICT_DENY, capacity, identity, ipv4_mapped, protocol,
 };
 use ipnet::IpNet;
 
 pub use self::ports::{Claim, PortBlock, blocks, resolve};
 use crate::{
     identity::Identities,
-    policy::{Action, Endpoint, Entity, Mode, Policy, PortTerm, Protocol, Rule},
+    policy::{
+        Action, Endpoint, Entity, Location, Mode, PacketSockets, Policy, PortTerm, Protocol, Rule,
+    },
 };
 
 /// An address prefix in the 128-bit space every address map uses (IPv4 is IPv4-mapped).
@@ -73,6 +75,16 @@ pub struct RuleRef {
 pub enum CompileWarning {
     /// A deny rule would close a failsafe inbound port; the failsafe wins.
     FailsafeOverridesDeny { rule: String, port: String },
+    /// An IPv6 peer prefix (`::/0`, `::/8`, ...) contains `::ffff:0:0/96`, where the maps keep IPv4.
+    /// It is compiled as `entries` prefixes around that block, because an IPv6 prefix never claims
+    /// an IPv4 address (POLICY.md); an author who wrote `::/0` may well have meant "everything".
+    Ipv6PrefixSkipsIpv4 {
+        peer: String,
+        /// The `[[peer]]` table.
+        location: Location,
+        cidr: IpNet,
+        entries: usize,
+    },
 }
 
 impl fmt::Display for CompileWarning {
@@ -81,6 +93,17 @@ impl fmt::Display for CompileWarning {
             Self::FailsafeOverridesDeny { rule, port } => write!(
                 f,
                 "{rule}: the failsafe inbound port {port} overrides this deny rule for local destinations"
+            ),
+            Self::Ipv6PrefixSkipsIpv4 {
+                peer,
+                location,
+                cidr,
+                entries,
+            } => write!(
+                f,
+                "{location}: peer `{peer}`: the IPv6 prefix {cidr} does not claim IPv4 addresses \
+                 (IPv4 and IPv6 are separate spaces), which need their own IPv4 CIDR in `cidrs`; \
+                 it is compiled as {entries} prefixes around ::ffff:0:0/96"
             ),
         }
     }
@@ -247,6 +270,7 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
         warnings: warnings
             .into_iter()
             .map(|(rule, port)| CompileWarning::FailsafeOverridesDeny { rule, port })
+            .chain(ipv4_overlaps(policy))
             .collect(),
         version: policy.version.clone(),
     })
@@ -277,6 +301,8 @@ fn identity_info(
         .map(|identity| {
             let mut info = IdentityInfo::default();
             let mut first = true;
+            // Fail closed: one segment that keeps the packet-socket ban keeps it for the identity.
+            let mut packet_sockets = true;
             for (index, (segment, set)) in policy.segments.iter().zip(members).enumerate() {
                 if !set.contains(&identity.id) {
                     continue;
@@ -291,6 +317,11 @@ fn identity_info(
                     Some(Mode::Enforce) => info.flags |= IDENTITY_MODE_ENFORCE,
                     None => {}
                 }
+                packet_sockets &= segment.packet_sockets == PacketSockets::Allow;
+            }
+            // Only segment members are banned, so only they carry the exemption.
+            if info.flags & IDENTITY_SEGMENTED != 0 && packet_sockets {
+                info.flags |= IDENTITY_PACKET_SOCKETS;
             }
             (identity.id, info)
         })
@@ -443,6 +474,74 @@ fn prefix(net: IpNet) -> AddrPrefix {
     }
 }
 
+/// `::ffff:0:0/96`: where the address maps keep IPv4.
+const MAPPED_BLOCK: AddrPrefix = AddrPrefix {
+    addr: ipv4_mapped([0; 4]),
+    bits: 96,
+};
+
+/// The top `bits` bits of a 128-bit address.
+fn mask(bits: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0)
+}
+
+/// Whether every address of `inner` is in `outer`.
+fn covers(outer: AddrPrefix, inner: AddrPrefix) -> bool {
+    let (a, b) = (
+        u128::from_be_bytes(outer.addr),
+        u128::from_be_bytes(inner.addr),
+    );
+    outer.bits <= inner.bits && (a ^ b) & mask(outer.bits) == 0
+}
+
+/// The map prefixes that stand for `net`. An IPv4 CIDR is its mapped prefix. An IPv6 prefix keeps
+/// out of the mapped block, since IPv4 and IPv6 are separate spaces (POLICY.md) while the LPM trie
+/// sees one 128-bit space: one that contains the block becomes the sibling of each prefix on the
+/// path from it down to the block (at most 96, exactly its IPv6 space), and one inside the block
+/// (which the parser refuses) claims nothing.
+fn map_prefixes(net: IpNet) -> Vec<AddrPrefix> {
+    let whole = prefix(net);
+    if !overlaps_mapped(net) {
+        return vec![whole];
+    }
+    let block = u128::from_be_bytes(MAPPED_BLOCK.addr);
+    (whole.bits + 1..=MAPPED_BLOCK.bits)
+        .map(|bits| {
+            // The block's own path to this depth, with its last bit flipped.
+            let sibling = (block & mask(bits)) ^ (1u128 << (128 - u32::from(bits)));
+            AddrPrefix {
+                addr: sibling.to_be_bytes(),
+                bits,
+            }
+        })
+        .collect()
+}
+
+/// Whether `net` is an IPv6 prefix that shares addresses with the mapped block.
+fn overlaps_mapped(net: IpNet) -> bool {
+    let whole = prefix(net);
+    matches!(net, IpNet::V6(_)) && (covers(whole, MAPPED_BLOCK) || covers(MAPPED_BLOCK, whole))
+}
+
+/// A warning for each IPv6 peer prefix that overlaps the mapped block.
+fn ipv4_overlaps(policy: &Policy) -> Vec<CompileWarning> {
+    policy
+        .peers
+        .iter()
+        .flat_map(|peer| {
+            peer.cidrs
+                .iter()
+                .filter(|net| overlaps_mapped(**net))
+                .map(|net| CompileWarning::Ipv6PrefixSkipsIpv4 {
+                    peer: peer.name.clone(),
+                    location: peer.location.clone(),
+                    cidr: *net,
+                    entries: map_prefixes(*net).len(),
+                })
+        })
+        .collect()
+}
+
 /// Exact node addresses, peer CIDRs, and the addresses that always mean "this host": loopback and
 /// the unspecified address (connecting to 0.0.0.0 or :: reaches a local socket).
 fn addresses(
@@ -479,16 +578,31 @@ fn addresses(
             cidr.insert(prefix(net), local);
         }
     }
+    // Each entry remembers the length of the CIDR it came from. The split of a shorter prefix can
+    // produce exactly the key of a longer one (`::/0` and `::/8` share every sibling below /8, and
+    // `::/0` yields `8000::/1`): the longer CIDR written is the longest match, so it keeps the key.
+    let mut peers: BTreeMap<AddrPrefix, (u8, AddrValue)> = BTreeMap::new();
     for peer in &policy.peers {
         let Some(&(id, _)) = by_name.get(peer.name.as_str()) else {
             continue;
         };
+        let value = AddrValue {
+            identity: id,
+            flags: 0,
+        };
         for net in &peer.cidrs {
-            cidr.entry(prefix(*net)).or_insert(AddrValue {
-                identity: id,
-                flags: 0,
-            });
+            let written = prefix(*net).bits;
+            for key in map_prefixes(*net) {
+                let entry = peers.entry(key).or_insert((written, value));
+                if entry.0 < written {
+                    *entry = (written, value);
+                }
+            }
         }
+    }
+    for (key, (_, value)) in peers {
+        // The always-local entries win over a peer that names them.
+        cidr.entry(key).or_insert(value);
     }
     (exact, cidr)
 }

@@ -190,3 +190,291 @@ fn failsafe_wins_over_deny_for_local_destinations_only() {
     assert_eq!(to_remote.verdict, VERDICT_DENY);
     assert!(!c.warnings.is_empty());
 }
+
+/// What the kernel's LPM lookup in `ADDR_CIDR` finds for `addr`: the longest covering prefix.
+fn cidr_owner(c: &CompiledPolicy, addr: &str) -> Option<AddrValue> {
+    let addr: IpAddr = addr.parse().expect("address");
+    let key = AddrPrefix {
+        addr: mapped(addr),
+        bits: 128,
+    };
+    c.state
+        .addr_cidr
+        .iter()
+        .filter(|(prefix, _)| covers(**prefix, key))
+        .max_by_key(|(prefix, _)| prefix.bits)
+        .map(|(_, value)| *value)
+}
+
+fn owner_name<'a>(c: &CompiledPolicy, ids: &'a Identities, addr: &str) -> Option<&'a str> {
+    cidr_owner(c, addr)
+        .and_then(|value| ids.get(value.identity))
+        .map(|i| i.name.as_str())
+}
+
+const PEERS: &str = r#"
+[[node]]
+name = "local"
+
+[[peer]]
+name = "v6-all"
+cidrs = ["::/0"]
+
+[[peer]]
+name = "v4"
+cidrs = ["10.9.0.0/16"]
+"#;
+
+/// IPv6 addresses outside the mapped block, close to it and far from it.
+const IPV6: [&str; 7] = [
+    "2001:db8::1",
+    "fe80::1",
+    "::fffe:0:1",
+    "::1:0:0:1",
+    "::fffe:ffff:ffff",
+    "::1:ffff:0:1",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+];
+
+#[test]
+fn an_ipv6_prefix_never_claims_ipv4_addresses() {
+    let (c, ids) = compiled(PEERS, "local");
+    for addr in IPV6 {
+        assert_eq!(owner_name(&c, &ids, addr), Some("v6-all"), "{addr}");
+    }
+    for addr in ["::ffff:8.8.8.8", "::ffff:0.0.0.1", "::ffff:255.255.255.255"] {
+        assert_eq!(cidr_owner(&c, addr), None, "{addr} is @world");
+    }
+    assert_eq!(owner_name(&c, &ids, "::ffff:10.9.1.1"), Some("v4"));
+    // The always-local entries are untouched.
+    for addr in ["::1", "::", "::ffff:127.0.0.1"] {
+        assert_eq!(
+            cidr_owner(&c, addr).map(|v| v.flags),
+            Some(ADDR_LOCAL),
+            "{addr}"
+        );
+    }
+}
+
+#[test]
+fn the_split_is_exactly_the_ipv6_space() {
+    let (c, ids) = compiled(PEERS, "local");
+    let v6 = id(&ids, "v6-all");
+    let pieces: Vec<AddrPrefix> = c
+        .state
+        .addr_cidr
+        .iter()
+        .filter(|(_, value)| value.identity == v6)
+        .map(|(prefix, _)| *prefix)
+        .collect();
+    assert_eq!(pieces.len(), 96, "one sibling per level from /1 to /96");
+    for (i, a) in pieces.iter().enumerate() {
+        assert!(
+            !covers(*a, MAPPED_BLOCK) && !covers(MAPPED_BLOCK, *a),
+            "{a:?}"
+        );
+        for b in &pieces[i + 1..] {
+            assert!(
+                !covers(*a, *b) && !covers(*b, *a),
+                "{a:?} and {b:?} overlap"
+            );
+        }
+    }
+    // Disjoint, and their sizes (in units of the mapped block's 2^32 addresses) add up to the
+    // whole space but that block: an exact cover of ::/0 minus ::ffff:0:0/96.
+    let size: u128 = pieces.iter().map(|p| 1u128 << (96 - p.bits)).sum();
+    assert_eq!(size, (1u128 << 96) - 1);
+}
+
+#[test]
+fn shorter_splits_around_the_mapped_block() {
+    for (cidr, entries) in [("::/8", 88), ("::/80", 16), ("::fffe:0:0/95", 1)] {
+        let (c, ids) = compiled(&PEERS.replace("::/0", cidr), "local");
+        let v6 = id(&ids, "v6-all");
+        let count = c
+            .state
+            .addr_cidr
+            .values()
+            .filter(|v| v.identity == v6)
+            .count();
+        assert_eq!(count, entries, "{cidr}");
+        assert_eq!(cidr_owner(&c, "::ffff:8.8.8.8"), None, "{cidr}");
+        assert_eq!(owner_name(&c, &ids, "::fffe:0:1"), Some("v6-all"), "{cidr}");
+        assert_eq!(cidr_owner(&c, "2001:db8::1"), None, "{cidr}");
+    }
+    // A prefix next to the block, or the IPv4-compatible ::/96, is not split.
+    for cidr in ["::/96", "::1:0:0:0/96", "fd00::/8"] {
+        let (c, ids) = compiled(&PEERS.replace("::/0", cidr), "local");
+        let v6 = id(&ids, "v6-all");
+        let count = c
+            .state
+            .addr_cidr
+            .values()
+            .filter(|v| v.identity == v6)
+            .count();
+        assert_eq!(count, 1, "{cidr}");
+        assert!(c.warnings.is_empty(), "{cidr}: {:?}", c.warnings);
+    }
+}
+
+#[test]
+fn the_longer_cidr_written_keeps_a_key_the_split_also_makes() {
+    // `::/8` and `8000::/1` are also pieces of `::/0`; in either policy order they stay the
+    // longest match for their addresses.
+    let narrow = "\n[[peer]]\nname = \"narrow\"\ncidrs = [\"::/8\", \"8000::/1\"]\n";
+    let (node, peers) = PEERS
+        .split_once("\n[[peer]]")
+        .expect("PEERS starts with its node");
+    for text in [
+        format!("{PEERS}{narrow}"),
+        format!("{node}{narrow}\n[[peer]]{peers}"),
+    ] {
+        let (c, ids) = compiled(&text, "local");
+        for addr in ["::fffe:0:1", "::1:0:0:1", "8000::1", "fe80::1"] {
+            assert_eq!(
+                owner_name(&c, &ids, addr),
+                Some("narrow"),
+                "{addr} in\n{text}"
+            );
+        }
+        assert_eq!(owner_name(&c, &ids, "2001:db8::1"), Some("v6-all"));
+        assert_eq!(cidr_owner(&c, "::ffff:8.8.8.8"), None);
+    }
+}
+
+#[test]
+fn every_split_prefix_is_warned_about() {
+    let text = PEERS.replace("[\"::/0\"]", "[\"::/0\", \"fd00::/8\", \"::/80\"]");
+    let (c, _) = compiled(&text, "local");
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "p.toml:5:1: peer `v6-all`: the IPv6 prefix ::/0 does not claim IPv4 addresses (IPv4 \
+             and IPv6 are separate spaces), which need their own IPv4 CIDR in `cidrs`; it is \
+             compiled as 96 prefixes around ::ffff:0:0/96",
+            "p.toml:5:1: peer `v6-all`: the IPv6 prefix ::/80 does not claim IPv4 addresses (IPv4 \
+             and IPv6 are separate spaces), which need their own IPv4 CIDR in `cidrs`; it is \
+             compiled as 16 prefixes around ::ffff:0:0/96",
+        ]
+    );
+}
+
+#[test]
+fn split_entries_count_against_capacity() {
+    // Fill ADDR_CIDR to ten entries below what a policy may use (half the map; four entries are
+    // always local), then add `::/0`, whose 96 pieces no longer fit.
+    let room = capacity::ADDR_CIDR as usize / 2 - 4 - 10;
+    let cidrs: Vec<String> = (0..room)
+        .map(|n| format!("\"10.{}.{}.0/24\"", n / 256, n % 256))
+        .collect();
+    let fits = format!(
+        "[[node]]\nname = \"local\"\n\n[[peer]]\nname = \"many\"\ncidrs = [{}]\n",
+        cidrs.join(", ")
+    );
+    let (c, _) = compiled(&fits, "local");
+    assert_eq!(c.state.addr_cidr.len(), room + 4);
+
+    let text = format!("{fits}\n[[peer]]\nname = \"v6-all\"\ncidrs = [\"::/0\"]\n");
+    let policy = parse_sources(&[Source {
+        path: "p.toml".into(),
+        text,
+    }])
+    .expect("valid policy");
+    let ids = Identities::build(&policy, "local").expect("identities");
+    match compile(&policy, &ids) {
+        Err(CompileError::TooLarge { map, needed, .. }) => {
+            assert_eq!(map, "ADDR_CIDR");
+            assert_eq!(needed, room + 4 + 96);
+        }
+        other => panic!("expected ADDR_CIDR to overflow, got {other:?}"),
+    }
+}
+
+const CAPTURE: &str = r#"
+[[node]]
+name = "local"
+
+[[workload]]
+name = "sniffer"
+cgroup = "sniffer"
+labels = { capture = "yes" }
+
+[[workload]]
+name = "both-allow"
+cgroup = "both-allow"
+labels = { capture = "yes", debug = "yes" }
+
+[[workload]]
+name = "also-finance"
+cgroup = "also-finance"
+labels = { capture = "yes", segment = "finance" }
+
+[[workload]]
+name = "finance-only"
+cgroup = "finance-only"
+labels = { segment = "finance" }
+
+[[workload]]
+name = "outside"
+cgroup = "outside"
+labels = { team = "x" }
+
+[[segment]]
+name = "capture"
+select = { capture = "yes" }
+packet_sockets = "allow"
+
+[[segment]]
+name = "debug"
+select = { debug = "yes" }
+packet_sockets = "allow"
+
+[[segment]]
+name = "finance"
+select = { segment = "finance" }
+"#;
+
+#[test]
+fn packet_sockets_are_exempt_only_when_every_segment_allows_them() {
+    let (c, ids) = compiled(CAPTURE, "local");
+    let exempt = |name| c.state.identity_info[&id(&ids, name)].flags & IDENTITY_PACKET_SOCKETS != 0;
+    assert!(exempt("sniffer"));
+    assert!(exempt("both-allow"));
+    assert!(!exempt("also-finance"), "one segment that denies is enough");
+    assert!(!exempt("finance-only"));
+    // Not a member of any segment: never banned, so never marked.
+    assert!(!exempt("outside"));
+    for entity in [identity::HOST, identity::WORLD] {
+        assert_eq!(
+            c.state.identity_info[&entity].flags & IDENTITY_PACKET_SOCKETS,
+            0
+        );
+    }
+    // An explicit "deny" is the default.
+    let (c, ids) = compiled(
+        &CAPTURE.replace(
+            "name = \"debug\"\nselect = { debug = \"yes\" }\npacket_sockets = \"allow\"",
+            "name = \"debug\"\nselect = { debug = \"yes\" }\npacket_sockets = \"deny\"",
+        ),
+        "local",
+    );
+    let flags = c.state.identity_info[&id(&ids, "both-allow")].flags;
+    assert_eq!(flags & IDENTITY_PACKET_SOCKETS, 0);
+    assert_eq!(flags & IDENTITY_SEGMENTED, IDENTITY_SEGMENTED);
+}
+
+#[test]
+fn the_image_shows_the_exemption() {
+    let (c, ids) = compiled(CAPTURE, "local");
+    let image = c.render(&ids);
+    let line = |name: &str| {
+        image
+            .lines()
+            .find(|l| l.starts_with("identity ") && l.split(' ').nth(2) == Some(name))
+            .unwrap_or_else(|| panic!("no identity line for {name} in\n{image}"))
+            .to_owned()
+    };
+    assert!(line("sniffer").ends_with("segment=capture mode=default packet_sockets=allow"));
+    assert!(line("also-finance").ends_with("segment=capture mode=default"));
+}

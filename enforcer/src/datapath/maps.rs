@@ -1,17 +1,19 @@
 //! Typed handles on the policy maps, and the slot-wise writes and diffs over them.
 
-use std::collections::BTreeMap;
-
-use aya::{
-    Ebpf,
-    maps::{
-        Array, HashMap, MapData, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
 };
+
+use aya::maps::{
+    Array, CgroupArray, HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use aya::Ebpf;
 use enforcer_common::{
-    ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, CgroupKey, IdentityInfo, IdentityKey,
-    RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, SlotConfig, counter, maps as names,
+    ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo,
+    IdentityKey, LocalAddrKey, RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, Runtime, SlotConfig,
+    capacity, counter, maps as names,
 };
 
 use super::DatapathError;
@@ -32,7 +34,7 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError
 /// What has been written to one slot, so it can be emptied or diffed without reading the kernel.
 #[derive(Default)]
 struct Written {
-    cgroups: BTreeMap<u64, u32>,
+    cgroups: BTreeMap<u64, CgroupLabel>,
     addr_exact: Vec<[u8; 16]>,
     addr_cidr: Vec<(u32, [u8; 16])>,
     identities: Vec<u32>,
@@ -42,17 +44,20 @@ struct Written {
 pub(super) struct PolicyMaps {
     active_slot: Array<MapData, u32>,
     slot_config: Array<MapData, SlotConfig>,
-    cgroup_identity: HashMap<MapData, CgroupKey, u32>,
+    cgroup_identity: HashMap<MapData, CgroupKey, CgroupLabel>,
     addr_exact: HashMap<MapData, AddrKey, AddrValue>,
     addr_cidr: LpmTrie<MapData, AddrLpmData, AddrValue>,
     identity_info: HashMap<MapData, IdentityKey, IdentityInfo>,
     rules: LpmTrie<MapData, RuleLpmData, RuleValue>,
     written: [Written; 2],
+    /// Cgroup labels one slot may hold (half the map: two slots share it during a swap).
+    cgroup_capacity: u32,
 }
 
 impl PolicyMaps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+    pub(super) fn take(ebpf: &mut Ebpf, cgroup_capacity: u32) -> Result<Self, DatapathError> {
         Ok(Self {
+            cgroup_capacity,
             active_slot: take(ebpf, names::ACTIVE_SLOT)?,
             slot_config: take(ebpf, names::SLOT_CONFIG)?,
             cgroup_identity: take(ebpf, names::CGROUP_IDENTITY)?,
@@ -69,7 +74,7 @@ impl PolicyMaps {
         slot: u32,
         generation: u32,
         state: &DesiredState,
-        cgroups: &BTreeMap<u64, u32>,
+        cgroups: &BTreeMap<u64, CgroupLabel>,
     ) -> Result<(), DatapathError> {
         let index = slot as usize & 1;
         for (id, info) in &state.identity_info {
@@ -118,7 +123,12 @@ impl PolicyMaps {
                 .map_err(map_error(names::RULES))?;
             self.written[index].rules.push((bits, data));
         }
-        self.sync_cgroups(slot, cgroups)?;
+        match self.sync_cgroups(slot, cgroups) {
+            // Cgroups that do not fit inherit their ancestors' labels or are held: never let out,
+            // so the policy still applies; the caller reports the shortfall on its next sync.
+            Ok(_) | Err(DatapathError::Full { .. }) => {}
+            Err(error) => return Err(error),
+        }
         let config = SlotConfig {
             generation,
             ..state.config
@@ -163,10 +173,14 @@ impl PolicyMaps {
         }
     }
 
+    pub(super) const fn cgroup_capacity(&self) -> u32 {
+        self.cgroup_capacity
+    }
+
     pub(super) fn sync_cgroups(
         &mut self,
         slot: u32,
-        desired: &BTreeMap<u64, u32>,
+        desired: &BTreeMap<u64, CgroupLabel>,
     ) -> Result<(usize, usize), DatapathError> {
         let written = &mut self.written[slot as usize & 1].cgroups;
         let stale: Vec<u64> = written
@@ -185,8 +199,14 @@ impl PolicyMaps {
             written.remove(cgroup_id);
         }
         let mut changed = 0;
-        for (cgroup_id, identity) in desired {
-            if written.get(cgroup_id) == Some(identity) {
+        let mut unwritten = 0;
+        for (cgroup_id, label) in desired {
+            if written.get(cgroup_id) == Some(label) {
+                continue;
+            }
+            let is_new = !written.contains_key(cgroup_id);
+            if is_new && written.len() >= self.cgroup_capacity as usize {
+                unwritten += 1;
                 continue;
             }
             let key = CgroupKey {
@@ -195,12 +215,88 @@ impl PolicyMaps {
                 _pad: 0,
             };
             self.cgroup_identity
-                .insert(key, identity, 0)
+                .insert(key, label, 0)
                 .map_err(map_error(names::CGROUP_IDENTITY))?;
-            written.insert(*cgroup_id, *identity);
+            written.insert(*cgroup_id, *label);
             changed += 1;
         }
+        if unwritten > 0 {
+            return Err(DatapathError::Full {
+                map: names::CGROUP_IDENTITY,
+                capacity: self.cgroup_capacity,
+                unwritten,
+                flag: "--max-cgroups",
+            });
+        }
         Ok((changed, stale.len()))
+    }
+}
+
+/// The maps that are not policy: runtime facts, local addresses, the managed root.
+pub(super) struct HostMaps {
+    runtime: Array<MapData, Runtime>,
+    local_addrs: HashMap<MapData, LocalAddrKey, u32>,
+    managed_root: CgroupArray<MapData>,
+    written_addrs: BTreeSet<LocalAddrKey>,
+}
+
+impl HostMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            runtime: take(ebpf, names::RUNTIME)?,
+            local_addrs: take(ebpf, names::LOCAL_ADDRS)?,
+            managed_root: take(ebpf, names::MANAGED_ROOT)?,
+            written_addrs: BTreeSet::new(),
+        })
+    }
+
+    pub(super) fn set_runtime(&mut self, runtime: Runtime) -> Result<(), DatapathError> {
+        self.runtime
+            .set(0, runtime, 0)
+            .map_err(map_error(names::RUNTIME))
+    }
+
+    pub(super) fn set_managed_root(&mut self, cgroup: &File) -> Result<(), DatapathError> {
+        use std::os::fd::AsRawFd as _;
+        self.managed_root
+            .set(0, cgroup.as_raw_fd(), 0)
+            .map_err(map_error(names::MANAGED_ROOT))
+    }
+
+    pub(super) fn sync_local_addresses(
+        &mut self,
+        netns_cookie: u64,
+        addrs: &BTreeSet<[u8; 16]>,
+    ) -> Result<(usize, usize), DatapathError> {
+        let desired: BTreeSet<LocalAddrKey> = addrs
+            .iter()
+            .map(|addr| LocalAddrKey {
+                netns_cookie,
+                addr: *addr,
+            })
+            .collect();
+        let stale: Vec<LocalAddrKey> = self.written_addrs.difference(&desired).copied().collect();
+        for key in &stale {
+            let _ = self.local_addrs.remove(key);
+            self.written_addrs.remove(key);
+        }
+        let mut added = 0;
+        for key in desired.difference(&self.written_addrs.clone()) {
+            if self.written_addrs.len() >= capacity::LOCAL_ADDRS as usize {
+                return Err(DatapathError::Full {
+                    map: names::LOCAL_ADDRS,
+                    capacity: capacity::LOCAL_ADDRS,
+                    unwritten: desired.len() - self.written_addrs.len(),
+                    flag: "(a rebuild with a larger capacity::LOCAL_ADDRS)",
+                });
+            }
+            self.local_addrs
+                .insert(key, 0, 0)
+                .map_err(map_error(names::LOCAL_ADDRS))?;
+            self.written_addrs.insert(*key);
+            added += 1;
+        }
+        Ok((added, stale.len()))
     }
 }
 

@@ -3,31 +3,27 @@
 //!
 //! Policy is written slot by slot: a new policy goes into the inactive slot, then one store to
 //! `ACTIVE_SLOT` switches every later decision to it, then the old slot is emptied. Cgroup labels
-//! are synced into the active slot by diff as cgroups come and go.
+//! are synced into the active slot by diff as cgroups come and go; the node's local addresses and
+//! the instance's runtime facts live outside the slots.
 
 mod maps;
+mod programs;
 
-use std::{collections::BTreeMap, fs::File, io, path::Path};
+use std::{collections::BTreeMap, collections::BTreeSet, io, path::Path};
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError},
+    programs::ProgramError,
 };
-use enforcer_common::maps as names;
+use enforcer_common::{CgroupLabel, Runtime, maps as names};
 
-pub use self::maps::Counters;
-use self::maps::PolicyMaps;
+pub use self::{maps::Counters, programs::bpf_lsm_active};
+use self::maps::{HostMaps, PolicyMaps};
 use crate::compile::DesiredState;
 
 /// The kernel object, built by `build.rs` from `enforcer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
-
-/// The programs that judge connections (`cgroup_sock_addr`).
-const JUDGES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-/// The programs that keep the listener map (`cgroup_sock`); attached first, so that sockets bound
-/// while the judges are being attached are already seen.
-const OBSERVERS: [&str; 3] = ["post_bind4", "post_bind6", "sock_release"];
 
 /// Errors loading, attaching or writing the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +34,8 @@ pub enum DatapathError {
     NoObject,
     #[error("loading the kernel object")]
     Load(#[source] EbpfError),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux), needed for the BPF LSM programs")]
+    Btf(#[source] aya::BtfError),
     #[error("the kernel object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the kernel object has no map {0}")]
@@ -60,16 +58,47 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "map {map} is full ({capacity} entries): {unwritten} entries were not written; raise it with {flag}"
+    )]
+    Full {
+        map: &'static str,
+        capacity: u32,
+        unwritten: usize,
+        flag: &'static str,
+    },
+}
+
+impl DatapathError {
+    /// Whether the kernel refused one of the BPF LSM programs (some kernels run BPF LSM but a
+    /// security policy forbids loading LSM programs): the rest of the datapath works without.
+    #[must_use]
+    pub fn is_lsm_program(&self) -> bool {
+        matches!(self, Self::Program { program, .. } if programs::LSM_HOOKS.contains(program))
+    }
+}
+
+/// How to load the datapath.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Size of the event ring buffer (a power of two, at least one page).
+    pub event_buffer_bytes: u32,
+    /// Entries of the cgroup label map, shared by the two policy slots.
+    pub cgroup_entries: u32,
+    /// Load the BPF LSM programs (only where the kernel runs BPF LSM).
+    pub lsm: bool,
 }
 
 /// The loaded datapath.
 pub struct Datapath {
     ebpf: Ebpf,
     maps: PolicyMaps,
+    host: HostMaps,
     events: Option<RingBuf<MapData>>,
     /// Slot the kernel reads, once a policy has been applied.
     active: Option<u32>,
     generation: u32,
+    lsm: bool,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -77,41 +106,34 @@ impl std::fmt::Debug for Datapath {
         f.debug_struct("Datapath")
             .field("active", &self.active)
             .field("generation", &self.generation)
+            .field("lsm", &self.lsm)
             .finish_non_exhaustive()
     }
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel (verifier included) without attaching them, with an
-    /// event ring buffer of `event_buffer_bytes` (a power of two, at least one page).
+    /// Loads the programs into the kernel (verifier included) without attaching them.
     ///
     /// # Errors
     /// When the object is missing or the kernel refuses a program or map.
-    pub fn load(event_buffer_bytes: u32) -> Result<Self, DatapathError> {
+    pub fn load(options: LoadOptions) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        let btf = if options.lsm {
+            Some(Btf::from_sys_fs().map_err(DatapathError::Btf)?)
+        } else {
+            None
+        };
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EVENTS, event_buffer_bytes)
+            .btf(btf.as_ref())
+            .map_max_entries(names::EVENTS, options.event_buffer_bytes)
+            .map_max_entries(names::CGROUP_IDENTITY, options.cgroup_entries)
             .load(EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
-        for name in OBSERVERS {
-            program::<CgroupSock>(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    source,
-                })?;
-        }
-        for name in JUDGES {
-            program::<CgroupSockAddr>(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    source,
-                })?;
-        }
-        let maps = PolicyMaps::take(&mut ebpf)?;
+        programs::load(&mut ebpf, btf.as_ref())?;
+        let maps = PolicyMaps::take(&mut ebpf, options.cgroup_entries / 2)?;
+        let host = HostMaps::take(&mut ebpf)?;
         let events = ebpf
             .take_map(names::EVENTS)
             .ok_or(DatapathError::MissingMap(names::EVENTS))?;
@@ -122,9 +144,11 @@ impl Datapath {
         Ok(Self {
             ebpf,
             maps,
+            host,
             events: Some(events),
             active: None,
             generation: 0,
+            lsm: options.lsm,
         })
     }
 
@@ -132,11 +156,12 @@ impl Datapath {
     /// empties the old one. Returns the generation now in force.
     ///
     /// # Errors
-    /// When a map write fails; the previous policy then stays active.
+    /// When a policy map write fails; the previous policy then stays active. Cgroups beyond the
+    /// label map's capacity are not an error here (see [`Datapath::sync_cgroups`]).
     pub fn apply(
         &mut self,
         state: &DesiredState,
-        cgroups: &BTreeMap<u64, u32>,
+        cgroups: &BTreeMap<u64, CgroupLabel>,
     ) -> Result<u32, DatapathError> {
         let slot = self.active.map_or(0, |active| 1 - active);
         let generation = self.generation.wrapping_add(1);
@@ -157,10 +182,11 @@ impl Datapath {
     /// changed. Returns (added or changed, removed).
     ///
     /// # Errors
-    /// When a map write fails.
+    /// When a map write fails, or [`DatapathError::Full`] when some labels did not fit (the
+    /// rest are written; the unlabelled cgroups inherit or are held, never let out).
     pub fn sync_cgroups(
         &mut self,
-        cgroups: &BTreeMap<u64, u32>,
+        cgroups: &BTreeMap<u64, CgroupLabel>,
     ) -> Result<(usize, usize), DatapathError> {
         match self.active {
             Some(slot) => self.maps.sync_cgroups(slot, cgroups),
@@ -168,30 +194,47 @@ impl Datapath {
         }
     }
 
-    /// Attaches every program to the cgroup at `path`, for it and all cgroups below it.
+    /// How many cgroup labels one slot holds.
+    #[must_use]
+    pub const fn cgroup_capacity(&self) -> u32 {
+        self.maps.cgroup_capacity()
+    }
+
+    /// Tells the kernel this instance's node namespace and the daemon's own cgroup.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn set_runtime(&mut self, runtime: Runtime) -> Result<(), DatapathError> {
+        self.host.set_runtime(runtime)
+    }
+
+    /// Brings the node's local addresses (16-byte, IPv4-mapped) in line with `addrs`.
+    ///
+    /// # Errors
+    /// When the map cannot be written, or is full.
+    pub fn sync_local_addresses(
+        &mut self,
+        netns_cookie: u64,
+        addrs: &BTreeSet<[u8; 16]>,
+    ) -> Result<(usize, usize), DatapathError> {
+        self.host.sync_local_addresses(netns_cookie, addrs)
+    }
+
+    /// Attaches every program to the cgroup at `path`, for it and all cgroups below it; the LSM
+    /// programs are told that root and attached too.
     ///
     /// # Errors
     /// When the cgroup cannot be opened or the kernel refuses the attachment.
     pub fn attach(&mut self, path: &Path) -> Result<(), DatapathError> {
-        let cgroup = File::open(path).map_err(|source| DatapathError::Cgroup {
-            path: path.display().to_string(),
-            source,
-        })?;
-        // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
-        // link_create accepts for cgroups; links always coexist with other programs.
-        let mode = CgroupAttachMode::Single;
-        let attach_error = |program| move |source| DatapathError::Program { program, source };
-        for name in OBSERVERS {
-            program::<CgroupSock>(&mut self.ebpf, name)?
-                .attach(&cgroup, mode)
-                .map_err(attach_error(name))?;
-        }
-        for name in JUDGES {
-            program::<CgroupSockAddr>(&mut self.ebpf, name)?
-                .attach(&cgroup, mode)
-                .map_err(attach_error(name))?;
-        }
-        Ok(())
+        let cgroup = programs::open_cgroup(path)?;
+        self.host.set_managed_root(&cgroup)?;
+        programs::attach(&mut self.ebpf, &cgroup, self.lsm)
+    }
+
+    /// Whether the BPF LSM programs are loaded.
+    #[must_use]
+    pub const fn lsm(&self) -> bool {
+        self.lsm
     }
 
     /// The event ring buffer; `None` once taken.
@@ -206,18 +249,4 @@ impl Datapath {
     pub fn counters(&mut self) -> Result<Counters, DatapathError> {
         Counters::take(&mut self.ebpf)
     }
-}
-
-/// The loaded program `name` as its concrete type.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
-where
-    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| DatapathError::Program {
-            program: name,
-            source,
-        })
 }

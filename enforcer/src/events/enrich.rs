@@ -10,13 +10,14 @@ use std::{
 };
 
 use enforcer_common::{
-    FLOW_EVENT_VERSION, FlowEvent, IDENTITY_SEGMENTED, VERDICT_AUDIT, identity, protocol, reason,
+    EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, FLOW_EVENT_VERSION, FlowEvent, IDENTITY_SEGMENTED,
+    VERDICT_AUDIT, hook, identity, protocol, reason,
 };
 
-use super::{
-    FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Verdict, source::source_address,
+use super::{FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict};
+use crate::{
+    compile::CompiledPolicy, host::SourceResolver, identity::Identities, policy::Mode,
 };
-use crate::{compile::CompiledPolicy, identity::Identities, policy::Mode};
 
 /// Errors decoding a ring-buffer record.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,12 +66,24 @@ pub struct PolicyContext {
 #[derive(Debug, Default)]
 pub struct Enricher {
     generations: BTreeMap<u32, Arc<PolicyContext>>,
+    /// Asks the routing table (over netlink, opening no inet socket) for the source address of
+    /// a connection refused before the kernel bound one.
+    resolver: Option<SourceResolver>,
 }
 
 /// Generations kept for events still in flight after a policy change.
 const GENERATIONS_KEPT: usize = 4;
 
 impl Enricher {
+    /// An enricher that fills in missing source addresses with `resolver`.
+    #[must_use]
+    pub fn with_resolver(resolver: SourceResolver) -> Self {
+        Self {
+            generations: BTreeMap::new(),
+            resolver: Some(resolver),
+        }
+    }
+
     /// Registers the context of a newly applied generation.
     pub fn insert(&mut self, generation: u32, context: Arc<PolicyContext>) {
         self.generations.insert(generation, context);
@@ -87,16 +100,23 @@ impl Enricher {
             .generations
             .get(&event.generation)
             .or_else(|| self.generations.values().next_back())?;
-        Some(record(context, event, time))
+        Some(record(context, self.resolver.as_ref(), event, time))
     }
 }
 
-fn record(context: &PolicyContext, event: &FlowEvent, time: SystemTime) -> FlowRecord {
+fn record(
+    context: &PolicyContext,
+    resolver: Option<&SourceResolver>,
+    event: &FlowEvent,
+    time: SystemTime,
+) -> FlowRecord {
     let dst_ip = ip_from(event.dst_addr);
     let kernel_src = ip_from(event.src_addr);
     // Unbound sockets have no source yet (all zeros, or ::ffff:0.0.0.0 for IPv4).
     let src_ip = if kernel_src.is_unspecified() {
-        source_address(event.pid, dst_ip)
+        resolver
+            .filter(|_| event.pid != 0)
+            .and_then(|resolver| resolver.resolve(event.pid, dst_ip))
             .or_else(|| {
                 context
                     .node_addresses
@@ -127,7 +147,13 @@ fn record(context: &PolicyContext, event: &FlowEvent, time: SystemTime) -> FlowR
         outbound: true,
         src: endpoint(context, event.src_identity, src_ip, port(event.src_port)),
         dst: endpoint(context, event.dst_identity, dst_ip, port(event.dst_port)),
-        process: Some(process(event)),
+        process: (event.flags & EVENT_NO_PROCESS == 0).then(|| process(event)),
+        layer: match event.hook {
+            hook::SKB_EGRESS => Layer::Packet,
+            hook::LSM_CONNECT | hook::LSM_SENDMSG => Layer::Lsm,
+            _ => Layer::Socket,
+        },
+        process_from_socket: event.flags & EVENT_PROCESS_FROM_SOCKET != 0,
         rule: rule(context, event),
         policy_version: context.compiled.version.clone(),
         mode: if audited { Mode::Audit } else { Mode::Enforce },
@@ -215,13 +241,30 @@ fn rule(context: &PolicyContext, event: &FlowEvent) -> FlowRule {
                 )),
             }
         }
-        _ => FlowRule {
-            uid: "fail-closed:unresolved".to_owned(),
-            name: "fail-closed:unresolved".to_owned(),
-            description: Some(
-                "the kernel could not resolve an identity and refused the connection".to_owned(),
-            ),
-        },
+        reason::UNLABELLED_CGROUP => fail_closed(
+            "unlabelled-cgroup",
+            "the process's cgroup is new and not labelled yet, and its ancestor's identity could be broader than its own: held until labelled",
+        ),
+        reason::SOURCE_ROUTE => fail_closed(
+            "source-route",
+            "a segment member may not route a packet past its judged destination (IPv6 routing header, IPv4 source route)",
+        ),
+        reason::UNRESOLVED_LOCAL => fail_closed(
+            "unresolved-local",
+            "the destination is on this node but the socket that would receive it could not be resolved to its owner",
+        ),
+        _ => fail_closed(
+            "unresolved",
+            "the kernel could not resolve an identity and refused the connection",
+        ),
+    }
+}
+
+fn fail_closed(what: &str, why: &str) -> FlowRule {
+    FlowRule {
+        uid: format!("fail-closed:{what}"),
+        name: format!("fail-closed:{what}"),
+        description: Some(why.to_owned()),
     }
 }
 

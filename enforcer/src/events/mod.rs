@@ -4,7 +4,6 @@
 mod enrich;
 pub mod ocsf;
 mod record;
-mod source;
 
 pub use self::{
     enrich::{DecodeError, Enricher, PolicyContext, decode},

@@ -20,6 +20,26 @@ use super::{FlowEndpoint, FlowRecord, Verdict};
 
 /// OCSF schema version the events follow.
 pub const OCSF_VERSION: &str = "1.1.0";
+/// Fields a process can choose itself, so a SIEM must not trust them for attribution: the source
+/// address (`IP_FREEBIND`, a raw header), the source port, the name (`PR_SET_NAME`) and the
+/// command line (its own argv).
+const PROCESS_CONTROLLED: [&str; 4] = [
+    "src_endpoint.ip",
+    "src_endpoint.port",
+    "actor.process.name",
+    "actor.process.cmd_line",
+];
+/// Fields the kernel established: identities from cgroups and addresses the kernel routes to,
+/// the pid and uid of the task (or of the socket's creator).
+const KERNEL_ESTABLISHED: [&str; 6] = [
+    "src_endpoint.name",
+    "dst_endpoint.ip",
+    "dst_endpoint.port",
+    "dst_endpoint.name",
+    "actor.process.pid",
+    "actor.process.user.uid",
+];
+
 const CLASS_UID: u32 = 4001;
 const CATEGORY_UID: u32 = 4;
 
@@ -137,9 +157,20 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
             "src_labels": record.src.labels,
             "dst_labels": record.dst.labels,
             "mode": record.mode.as_str(),
+            "layer": record.layer.as_str(),
+            "provenance": {
+                "process_controlled": PROCESS_CONTROLLED,
+                "kernel_established": KERNEL_ESTABLISHED,
+            },
         },
     });
     if let Some(process) = &record.process {
+        if let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut) {
+            unmapped.insert(
+                "process_from_socket".to_owned(),
+                json!(record.process_from_socket),
+            );
+        }
         let mut object = Map::new();
         object.insert("pid".to_owned(), json!(process.pid));
         object.insert("name".to_owned(), json!(process.name));

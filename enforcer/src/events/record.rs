@@ -29,6 +29,28 @@ pub struct FlowEndpoint {
     pub segmented: bool,
 }
 
+/// Which layer of the datapath decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// `connect`/`sendmsg` hooks: refused with `EPERM` before any packet.
+    Socket,
+    /// `cgroup_skb` egress: the packet, after NAT, dropped.
+    Packet,
+    /// BPF LSM: a socket created outside the managed subtree.
+    Lsm,
+}
+
+impl Layer {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Socket => "socket",
+            Self::Packet => "packet",
+            Self::Lsm => "lsm",
+        }
+    }
+}
+
 /// The process that opened the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowProcess {
@@ -71,6 +93,10 @@ pub struct FlowRecord {
     pub src: FlowEndpoint,
     pub dst: FlowEndpoint,
     pub process: Option<FlowProcess>,
+    /// `process` is the socket's creator, recorded when the socket was made (the packet layer
+    /// does not run in the sender's context).
+    pub process_from_socket: bool,
+    pub layer: Layer,
     pub rule: FlowRule,
     /// Content hash of the policy in force.
     pub policy_version: String,

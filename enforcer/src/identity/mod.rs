@@ -5,13 +5,19 @@
 //! [`identity::FIRST_TABLE`], so every node compiling the same policy agrees on them.
 
 mod cgroups;
+mod hold;
+mod watch;
 
 use std::collections::BTreeMap;
 
-use enforcer_common::identity;
+use enforcer_common::{CGROUP_HOLD, CgroupLabel, identity};
 use globset::GlobMatcher;
 
-pub use self::cgroups::{CgroupError, CgroupTree, find_cgroup2_mount};
+use self::hold::SegmentGlob;
+pub use self::{
+    cgroups::{CgroupError, CgroupTree, find_cgroup2_mount},
+    watch::{CgroupWatcher, WatchError},
+};
 use crate::policy::{GlobError, Labels, Policy};
 
 /// What kind of table (or entity) an identity stands for.
@@ -73,6 +79,8 @@ pub struct Identities {
     local_default: u32,
     /// Workloads that may run here, in policy order.
     workload_globs: Vec<(GlobMatcher, u32)>,
+    /// The same globs by segment, to tell which cgroups must hold their new children.
+    segment_globs: Vec<(SegmentGlob, u32)>,
 }
 
 impl Identities {
@@ -111,6 +119,7 @@ impl Identities {
             next += 1;
         }
         let mut workload_globs = Vec::new();
+        let mut segment_globs = Vec::new();
         for table in &policy.workloads {
             let active = table
                 .nodes
@@ -125,6 +134,7 @@ impl Identities {
                         source,
                     })?;
                 workload_globs.push((matcher, next));
+                segment_globs.push((SegmentGlob::new(&table.cgroup), next));
             }
             all.push(Identity {
                 id: next,
@@ -147,6 +157,7 @@ impl Identities {
             all,
             local_default,
             workload_globs,
+            segment_globs,
         })
     }
 
@@ -192,11 +203,28 @@ impl Identities {
         }
     }
 
+    /// The label of the cgroup at `path`: its identity, and whether a cgroup made below it
+    /// later must be held until labelled because a workload glob of another identity could
+    /// claim it.
+    #[must_use]
+    pub fn label_for(&self, path: &str) -> CgroupLabel {
+        let identity = self.for_cgroup(path);
+        let path = path.trim_matches('/');
+        let hold = self
+            .segment_globs
+            .iter()
+            .any(|(glob, id)| *id != identity && glob.could_match_below(path));
+        CgroupLabel {
+            identity,
+            flags: if hold { CGROUP_HOLD } else { 0 },
+        }
+    }
+
     /// Labels every cgroup of a scanned tree.
     #[must_use]
-    pub fn label(&self, tree: &CgroupTree) -> BTreeMap<u64, u32> {
+    pub fn label(&self, tree: &CgroupTree) -> BTreeMap<u64, CgroupLabel> {
         tree.iter()
-            .map(|(cgroup_id, path)| (cgroup_id, self.for_cgroup(path)))
+            .map(|(cgroup_id, path)| (cgroup_id, self.label_for(path)))
             .collect()
     }
 }
@@ -272,6 +300,20 @@ labels = { role = "db" }
         assert_eq!(ids.for_cgroup(""), 256);
         // Workloads pinned to another node never claim cgroups here.
         assert_eq!(ids.for_cgroup("other/thing"), 256);
+    }
+
+    #[test]
+    fn parents_of_deeper_globs_hold_their_new_children() {
+        let ids = Identities::build(&policy(TEXT), "n1").expect("identities");
+        // `system.slice/ledger.service` (another identity than svc's) is below system.slice.
+        assert_eq!(ids.label_for("system.slice").flags, CGROUP_HOLD);
+        // Below a service nothing deeper is claimed: children inherit safely.
+        assert_eq!(ids.label_for("system.slice/api.service").flags, 0);
+        assert_eq!(ids.label_for("system.slice/api.service").identity, 258);
+        // The root holds: a child named system.slice would be claimed by svc's glob only below.
+        assert_eq!(ids.label_for("").flags, CGROUP_HOLD);
+        // Workloads of other nodes never hold anything here.
+        assert_eq!(ids.label_for("other").flags, 0);
     }
 
     #[test]

@@ -3,12 +3,12 @@
 
 use std::{net::IpAddr, str::FromStr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use toml::Spanned;
 
 use super::{
-    Action, Endpoint, Entity, Labels, Location, Mode, Node, Peer, PolicyErrorKind, PortTerm, Rule,
-    Segment, Selector, Settings, TableKind, Workload,
+    Action, Endpoint, Entity, Labels, Location, Mode, Node, PacketSockets, Peer, PolicyErrorKind,
+    PortTerm, Rule, Segment, Selector, Settings, TableKind, Workload,
     glob::cgroup_glob,
     parse::{Claim, Cx, FileTables, PendingEndpoint, PendingRule},
     raw::{
@@ -39,6 +39,12 @@ pub(super) fn node(cx: &mut Cx<'_>, raw: RawNode, location: Location, out: &mut 
     let mut addresses = Vec::new();
     for address in raw.addresses.unwrap_or_default() {
         match IpAddr::from_str(address.get_ref()) {
+            // The kernel shows IPv4 to IPv6 sockets in this form; the node's address is the IPv4
+            // one, and the policy says so in one way only.
+            Ok(IpAddr::V6(v6)) if let Some(ipv4) = v6.to_ipv4_mapped() => {
+                let mapped = PolicyErrorKind::MappedAddress { address: v6, ipv4 };
+                cx.error(&address.span(), mapped);
+            }
             Ok(ip) => {
                 addresses.push(ip);
                 out.addresses.push(Claim {
@@ -176,7 +182,26 @@ fn parse_cidr(cx: &mut Cx<'_>, cidr: &Spanned<String>) -> Option<IpNet> {
         cx.error(&cidr.span(), host_bits);
         return None;
     }
+    if let Some(ipv4) = mapped_ipv4(net) {
+        let mapped = PolicyErrorKind::MappedCidr {
+            cidr: text.clone(),
+            ipv4,
+        };
+        cx.error(&cidr.span(), mapped);
+        return None;
+    }
     Some(net)
+}
+
+/// The IPv4 CIDR an IPv6 prefix inside `::ffff:0:0/96` stands for, or `None` for any other prefix.
+/// A prefix shorter than /96 that merely contains the mapped block is a real IPv6 prefix: compile
+/// keeps it out of IPv4 space instead.
+fn mapped_ipv4(net: IpNet) -> Option<Ipv4Net> {
+    let IpNet::V6(v6) = net else {
+        return None;
+    };
+    let bits = v6.prefix_len().checked_sub(96)?;
+    Ipv4Net::new(v6.network().to_ipv4_mapped()?, bits).ok()
 }
 
 pub(super) fn segment(cx: &mut Cx<'_>, raw: RawSegment, location: Location, out: &mut FileTables) {
@@ -189,11 +214,18 @@ pub(super) fn segment(cx: &mut Cx<'_>, raw: RawSegment, location: Location, out:
         None => Ok(None),
         Some(mode) => parse_mode(cx, &mode).map(Some).ok_or(()),
     };
-    if let (Some(name), Some(select), Ok(mode)) = (name, select, mode) {
+    let packet_sockets = match raw.packet_sockets {
+        None => Some(PacketSockets::default()),
+        Some(value) => parse_packet_sockets(cx, &value),
+    };
+    if let (Some(name), Some(select), Ok(mode), Some(packet_sockets)) =
+        (name, select, mode, packet_sockets)
+    {
         out.segments.push(Segment {
             name,
             select,
             mode,
+            packet_sockets,
             location,
         });
     }
@@ -356,6 +388,21 @@ fn parse_mode(cx: &mut Cx<'_>, mode: &Spanned<String>) -> Option<Mode> {
             cx.error(
                 &mode.span(),
                 PolicyErrorKind::BadMode {
+                    value: unknown.value,
+                },
+            );
+            None
+        }
+    }
+}
+
+fn parse_packet_sockets(cx: &mut Cx<'_>, value: &Spanned<String>) -> Option<PacketSockets> {
+    match PacketSockets::from_str(value.get_ref()) {
+        Ok(parsed) => Some(parsed),
+        Err(unknown) => {
+            cx.error(
+                &value.span(),
+                PolicyErrorKind::BadPacketSockets {
                     value: unknown.value,
                 },
             );

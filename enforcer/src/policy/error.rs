@@ -3,12 +3,12 @@
 
 use std::{
     fmt, io,
-    net::{AddrParseError, IpAddr},
+    net::{AddrParseError, IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     slice,
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::{Location, TableKind, glob::GlobError, ports::PortTermError};
 
@@ -265,6 +265,22 @@ pub enum PolicyErrorKind {
     #[error("CIDR {cidr} has host bits set; did you mean {network}?")]
     CidrHostBits { cidr: String, network: IpNet },
 
+    /// An IPv6 prefix inside `::ffff:0:0/96`: those addresses are how the kernel shows IPv4 to an
+    /// IPv6 socket, and an IPv6 prefix never claims IPv4 (POLICY.md), so the only thing it could
+    /// mean is the IPv4 CIDR, which must be written as such.
+    #[error(
+        "CIDR {cidr} is an IPv4-mapped IPv6 prefix, and an IPv6 prefix never claims an IPv4 \
+         address; write the IPv4 CIDR {ipv4} instead"
+    )]
+    MappedCidr { cidr: String, ipv4: Ipv4Net },
+
+    /// The same for a node address written as `::ffff:a.b.c.d`.
+    #[error(
+        "address {address} is an IPv4-mapped IPv6 address, and IPv4 and IPv6 are separate \
+         spaces; write the IPv4 address {ipv4} instead"
+    )]
+    MappedAddress { address: Ipv6Addr, ipv4: Ipv4Addr },
+
     #[error(
         "address {address} is already an address of node `{first_node}` at {first}; an address \
          identifies a single node"
@@ -287,6 +303,9 @@ pub enum PolicyErrorKind {
 
     #[error("unknown mode {value:?}; expected \"enforce\" or \"audit\"")]
     BadMode { value: String },
+
+    #[error("unknown packet_sockets value {value:?}; expected \"deny\" or \"allow\"")]
+    BadPacketSockets { value: String },
 
     #[error("bad cgroup glob {glob:?}: {reason}")]
     BadGlob {

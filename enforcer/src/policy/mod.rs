@@ -26,7 +26,7 @@ pub use self::{
     glob::{GlobError, cgroup_glob},
     load::load_dir,
     model::*,
-    ports::{PortTermError, UnknownMode},
+    ports::{PortTermError, UnknownMode, UnknownPacketSockets},
     raw::TableKind,
 };
 

@@ -36,6 +36,31 @@ impl Mode {
     }
 }
 
+/// Whether the members of a segment may open packet sockets (`AF_PACKET`, `SOCK_PACKET`).
+///
+/// A packet socket sends and receives whole link-layer frames, below every IP-layer hook that
+/// judges a flow, so a segment member may not open one unless its segment says so. An identity is
+/// exempt only when every segment it is a member of allows them: one segment that does not is
+/// enough to keep the ban (fail closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PacketSockets {
+    /// `"deny"` (the default): socket creation is refused for members.
+    #[default]
+    Deny,
+    /// `"allow"`: members may open packet sockets (tcpdump-style capture tools need them).
+    Allow,
+}
+
+impl PacketSockets {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
 /// Label key → value. Values of identities are single strings.
 pub type Labels = BTreeMap<String, String>;
 
@@ -216,6 +241,8 @@ pub struct Segment {
     pub select: Selector,
     /// `None`: follows `settings.mode`.
     pub mode: Option<Mode>,
+    /// `packet_sockets`; [`PacketSockets::Deny`] when absent.
+    pub packet_sockets: PacketSockets,
     pub location: Location,
 }
 

@@ -1,9 +1,10 @@
-//! Port terms (`tcp/443`, `udp/9000-9100`, `icmp`, `any`, ...) and modes, parsed from their policy
-//! spelling. Both are case-sensitive: `TCP/80` is rejected rather than guessed at.
+//! Port terms (`tcp/443`, `udp/9000-9100`, `icmp`, `any`, ...), modes and the `packet_sockets`
+//! setting, parsed from their policy spelling. All are case-sensitive: `TCP/80` is rejected rather
+//! than guessed at.
 
 use std::str::FromStr;
 
-use super::{Mode, PortTerm, Protocol};
+use super::{Mode, PacketSockets, PortTerm, Protocol};
 
 /// Why a string is not a port term.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +107,27 @@ impl FromStr for Mode {
             "enforce" => Ok(Self::Enforce),
             "audit" => Ok(Self::Audit),
             _ => Err(UnknownMode {
+                value: value.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The value is not `"deny"` or `"allow"`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown packet_sockets value {value:?}; expected \"deny\" or \"allow\"")]
+pub struct UnknownPacketSockets {
+    pub value: String,
+}
+
+impl FromStr for PacketSockets {
+    type Err = UnknownPacketSockets;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "deny" => Ok(Self::Deny),
+            "allow" => Ok(Self::Allow),
+            _ => Err(UnknownPacketSockets {
                 value: value.to_owned(),
             }),
         }

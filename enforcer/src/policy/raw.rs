@@ -76,7 +76,7 @@ impl TableKind {
             Self::Node => &["name", "addresses", "labels"],
             Self::Workload => &["name", "cgroup", "labels", "nodes"],
             Self::Peer => &["name", "cidrs", "labels"],
-            Self::Segment => &["name", "select", "mode"],
+            Self::Segment => &["name", "select", "mode", "packet_sockets"],
             Self::Allow | Self::Deny => &["name", "from", "to", "ports", "description"],
         }
     }
@@ -146,6 +146,7 @@ pub(super) struct RawSegment {
     pub name: Option<Spanned<String>>,
     pub select: Option<Spanned<RawSelector>>,
     pub mode: Option<Spanned<String>>,
+    pub packet_sockets: Option<Spanned<String>>,
 }
 
 /// `[[allow]]` and `[[deny]]` share their keys.

@@ -4,15 +4,32 @@
 //! ```text
 //! enforcer-probe [--cgroup DIR] [--netns NAME] ACTION
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
-//!   tcp-listen ADDR PORT  | udp-listen ADDR PORT
+//!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
 //!   udp-burst ADDR PORT COUNT
+//! socket kinds and paths past the plain hooks (socket_kinds.rs):
+//!   udplite-sendto ADDR PORT | udplite-connect ADDR PORT | udplite-listen ADDR PORT
+//!   ping-sendto ADDR          unconnected ping socket: sendto, wait ≤ 2 s for the reply
+//!   raw-tcp-syn ADDR PORT     SOCK_RAW/IPPROTO_TCP hand-built SYN by sendto; ok once answered
+//!   udp-rthdr TYPE VIA ADDR PORT        IPV6_RTHDR (type 0, 2 or 4) through VIA by setsockopt, sendto
+//!   udp-rthdr-cmsg TYPE VIA ADDR PORT   the same header as an IPV6_RTHDR control message of sendmsg
+//!   udp-srr lsrr|ssrr VIA ADDR PORT     IPv4 source route through VIA by setsockopt(IP_OPTIONS), sendto
+//!   udp-srr-cmsg lsrr|ssrr VIA ADDR PORT  the same option as an IP_RETOPTS control message of sendmsg
+//!   passed-tcp-connect CGROUP ADDR PORT a socket made here (run it without --cgroup), passed by
+//!   passed-udp-sendto CGROUP ADDR PORT  SCM_RIGHTS to a child probe in CGROUP that connects/sendto's
+//!                                       it (the child's fd-tcp-connect/fd-udp-sendto: fd on stdin)
+//!   packet-socket packet-raw|packet-dgram|inet-packet   AF_PACKET (or AF_INET SOCK_PACKET) socket
+//!   udp-connected-sendto ADDR PORT OTHER OPORT   connect, send, then sendto OTHER on the same socket
+//!   udp-unspec-sendto ADDR PORT OTHER OPORT      connect, send, connect(AF_UNSPEC), sendto OTHER
+//!   udp-sendmmsg ADDR PORT OTHER OPORT           one sendmmsg of two datagrams; ok if both went
+//!   tcp-fastopen ADDR PORT | mptcp-connect ADDR PORT | io-uring-connect ADDR PORT  (2 s timeout)
 //! ```
 //!
 //! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).
 //! `udp-burst` sends COUNT datagrams from one socket as fast as it can and prints
 //! `sent=S refused=R pid=N` (exit 0 whatever the verdicts; 1 on any error but EPERM).
 //! Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
-//! datagram, and serve until killed. Usage errors exit 2.
+//! datagram, and serve until killed. `--v6only` sets `IPV6_V6ONLY` before an IPv6 bind. Usage
+//! errors exit 2.
 //!
 //! The cgroup is joined before the namespace so that the whole life of every socket is spent inside
 //! the managed cgroup: the enforcer judges a socket by the cgroup of the process that opens it.
@@ -21,16 +38,23 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
+// In a directory of its own so that cargo does not take it for another binary.
+#[path = "enforcer-probe/socket_kinds.rs"]
+mod socket_kinds;
+
 use nix::{
     errno::Errno,
     sched::{CloneFlags, setns},
-    sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket},
+    sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn6, bind, setsockopt,
+        socket, sockopt,
+    },
 };
 
 /// Long enough for a real handshake on a veth, short enough that a silently dropped SYN cannot be
@@ -45,12 +69,16 @@ enum Action {
     TcpListen(SocketAddr),
     UdpListen(SocketAddr),
     UdpBurst(SocketAddr, u32),
+    /// One of `socket_kinds`'s actions.
+    Kind(socket_kinds::Action),
 }
 
 struct Args {
     cgroup: Option<PathBuf>,
     netns: Option<String>,
     action: Action,
+    /// Listeners only: `IPV6_V6ONLY` before bind.
+    v6only: bool,
 }
 
 fn usage(why: &str) -> ExitCode {
@@ -84,14 +112,26 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "tcp-listen",
         "udp-listen",
     ];
+    if let Some(kind) = socket_kinds::parse(&verb, &mut argv)? {
+        if let Some(extra) = argv.next() {
+            return Err(format!("unexpected argument {extra:?}"));
+        }
+        return Ok(Args {
+            cgroup,
+            netns,
+            action: Action::Kind(kind),
+            v6only: false,
+        });
+    }
     if !VERBS.contains(&verb.as_str()) {
         return Err(format!("unknown ACTION {verb:?}"));
     }
-    let addr: IpAddr = argv
-        .next()
-        .ok_or("missing ADDR")?
-        .parse()
-        .map_err(|e| format!("bad ADDR: {e}"))?;
+    let mut first = argv.next().ok_or("missing ADDR")?;
+    let v6only = first == "--v6only" && verb.ends_with("-listen");
+    if v6only {
+        first = argv.next().ok_or("missing ADDR")?;
+    }
+    let addr: IpAddr = first.parse().map_err(|e| format!("bad ADDR: {e}"))?;
     let mut sock = || -> Result<SocketAddr, String> {
         let port: u16 = argv
             .next()
@@ -125,6 +165,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         cgroup,
         netns,
         action,
+        v6only,
     })
 }
 
@@ -209,14 +250,36 @@ fn ping(addr: IpAddr) -> io::Result<()> {
     }
 }
 
-fn listen(action: &Action) -> io::Result<()> {
+/// An IPv6 socket with `IPV6_V6ONLY` (and, like std's listeners, `SO_REUSEADDR`) set before it is
+/// bound to `addr`.
+fn bind_v6only(addr: SocketAddr, ty: SockType) -> io::Result<OwnedFd> {
+    let SocketAddr::V6(v6) = addr else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--v6only needs an IPv6 ADDR",
+        ));
+    };
+    let fd = socket(AddressFamily::Inet6, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?;
+    Ok(fd)
+}
+
+fn listen(action: &Action, v6only: bool) -> io::Result<()> {
     let announce = || {
         println!("listening pid={}", std::process::id());
         io::stdout().flush()
     };
     match *action {
         Action::TcpListen(addr) => {
-            let listener = TcpListener::bind(addr)?;
+            let listener = if v6only {
+                let fd = bind_v6only(addr, SockType::Stream)?;
+                nix::sys::socket::listen(&fd, Backlog::new(128)?)?;
+                TcpListener::from(fd)
+            } else {
+                TcpListener::bind(addr)?
+            };
             announce()?;
             loop {
                 let (conn, peer) = listener.accept()?;
@@ -226,7 +289,11 @@ fn listen(action: &Action) -> io::Result<()> {
             }
         }
         Action::UdpListen(addr) => {
-            let sock = UdpSocket::bind(addr)?;
+            let sock = if v6only {
+                UdpSocket::from(bind_v6only(addr, SockType::Datagram)?)
+            } else {
+                UdpSocket::bind(addr)?
+            };
             announce()?;
             let mut buf = [0u8; 2048];
             loop {
@@ -275,11 +342,12 @@ fn main() -> ExitCode {
     }
     let result = setup.and_then(|()| match args.action {
         Action::UdpBurst(..) => unreachable!("handled above"),
+        Action::Kind(ref kind) => socket_kinds::run(kind),
         Action::TcpConnect(addr) => tcp_connect(addr),
         Action::UdpSendto(addr) => udp_sendto(addr),
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Ping(addr) => ping(addr),
-        Action::TcpListen(_) | Action::UdpListen(_) => listen(&args.action),
+        Action::TcpListen(_) | Action::UdpListen(_) => listen(&args.action, args.v6only),
     });
     match result {
         Ok(()) => {

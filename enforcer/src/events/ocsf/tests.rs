@@ -5,7 +5,7 @@ use std::{
 
 use super::*;
 use crate::{
-    events::{FlowNode, FlowProcess, FlowRule},
+    events::{FlowNode, FlowProcess, FlowRule, Layer},
     policy::{Labels, Mode},
 };
 
@@ -44,6 +44,8 @@ fn denial() -> FlowRecord {
             cmd_line: Some("curl db:5432".to_owned()),
             uid: 1000,
         }),
+        process_from_socket: false,
+        layer: Layer::Socket,
         rule: FlowRule {
             uid: "rules/web.toml:12".to_owned(),
             name: "web-never-db".to_owned(),

@@ -450,6 +450,57 @@ fn bad_addresses_and_cidrs() {
 }
 
 #[test]
+fn ipv4_mapped_cidrs_are_refused_with_their_ipv4_form() {
+    for (cidr, ipv4) in [
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("::ffff:a00:0/104", "10.0.0.0/8"),
+        ("0:0:0:0:0:ffff:c000:200/120", "192.0.2.0/24"),
+        // A bare address is a /128.
+        ("::ffff:192.0.2.7", "192.0.2.7/32"),
+    ] {
+        assert_one_error(
+            &format!("[[peer]]\nname = \"p\"\ncidrs = [\"10.1.0.0/16\", \"{cidr}\"]\n"),
+            "3:25",
+            &format!(
+                "CIDR {cidr} is an IPv4-mapped IPv6 prefix, and an IPv6 prefix never claims an \
+                 IPv4 address; write the IPv4 CIDR {ipv4} instead"
+            ),
+        );
+    }
+    // Host bits are reported first, as for any CIDR; the network it suggests is then refused
+    // for what it is.
+    assert_one_error(
+        "[[peer]]\nname = \"p\"\ncidrs = [\"::ffff:10.0.0.1/104\"]\n",
+        "3:10",
+        "has host bits set; did you mean ::ffff:10.0.0.0/104?",
+    );
+}
+
+#[test]
+fn ipv4_mapped_node_addresses_are_refused_with_their_ipv4_form() {
+    assert_one_error(
+        "[[node]]\nname = \"n\"\naddresses = [\"fd00::1\", \"::ffff:10.0.0.1\"]\n",
+        "3:25",
+        "address ::ffff:10.0.0.1 is an IPv4-mapped IPv6 address, and IPv4 and IPv6 are separate \
+         spaces; write the IPv4 address 10.0.0.1 instead",
+    );
+    // Any spelling of it.
+    assert_one_error(
+        "[[node]]\nname = \"n\"\naddresses = [\"0:0:0:0:0:FFFF:0A00:0001\"]\n",
+        "3:14",
+        "write the IPv4 address 10.0.0.1 instead",
+    );
+    // The refused address claims nothing: the IPv4 one may still be a node's.
+    let policy = parse_ok("[[node]]\nname = \"n\"\naddresses = [\"::10.0.0.1\", \"10.0.0.1\"]\n");
+    assert_eq!(
+        policy.nodes[0].addresses.len(),
+        2,
+        "::10.0.0.1 is not mapped"
+    );
+}
+
+#[test]
 fn an_address_or_cidr_has_one_owner() {
     let errors = error_lines(&[
         (
@@ -489,6 +540,24 @@ fn bad_modes() {
         "[[segment]]\nname = \"s\"\nselect = { a = \"b\" }\nmode = \"warn\"\n",
         "4:8",
         "unknown mode \"warn\"",
+    );
+}
+
+#[test]
+fn bad_packet_sockets() {
+    for value in ["Allow", "yes", ""] {
+        assert_one_error(
+            &format!(
+                "[[segment]]\nname = \"s\"\nselect = {{ a = \"b\" }}\npacket_sockets = \"{value}\"\n"
+            ),
+            "4:18",
+            &format!("unknown packet_sockets value {value:?}; expected \"deny\" or \"allow\""),
+        );
+    }
+    assert_one_error(
+        "[[segment]]\nname = \"s\"\nselect = { a = \"b\" }\npacket_sockets = true\n",
+        "4:18",
+        "[[segment]] `packet_sockets`: invalid type: boolean `true`",
     );
 }
 

@@ -183,6 +183,24 @@ labels = { zone = "vpn" }
 }
 
 #[test]
+fn ipv6_prefixes_around_the_mapped_block_are_kept_as_written() {
+    // Compile keeps them out of IPv4 space; the parser takes them as they are. `::/96` is the old
+    // IPv4-compatible block, not the mapped one.
+    let policy = parse_ok(
+        "[[peer]]\nname = \"v6\"\ncidrs = [\"::/0\", \"::/8\", \"::fffe:0:0/95\", \"::/96\", \"::1:0:0:0/96\"]\n",
+    );
+    let written: Vec<String> = policy.peers[0]
+        .cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        written,
+        ["::/0", "::/8", "::fffe:0:0/95", "::/96", "::1:0:0:0/96"]
+    );
+}
+
+#[test]
 fn segment_table() {
     let policy = parse_ok(
         r#"
@@ -199,6 +217,12 @@ mode = "audit"
 name = "enforced"
 select = { segment = "x" }
 mode = "enforce"
+packet_sockets = "deny"
+
+[[segment]]
+name = "capture"
+select = { role = "capture" }
+packet_sockets = "allow"
 "#,
     );
     assert_eq!(
@@ -208,19 +232,29 @@ mode = "enforce"
                 name: "finance".into(),
                 select: selector(&[("segment", &["finance"])]),
                 mode: None,
+                packet_sockets: PacketSockets::Deny,
                 location: loc("p.toml", 2, 1),
             },
             Segment {
                 name: "prod-web".into(),
                 select: selector(&[("app", &["web"]), ("env", &["prod", "stage"])]),
                 mode: Some(Mode::Audit),
+                packet_sockets: PacketSockets::Deny,
                 location: loc("p.toml", 6, 1),
             },
             Segment {
                 name: "enforced".into(),
                 select: selector(&[("segment", &["x"])]),
                 mode: Some(Mode::Enforce),
+                packet_sockets: PacketSockets::Deny,
                 location: loc("p.toml", 11, 1),
+            },
+            Segment {
+                name: "capture".into(),
+                select: selector(&[("role", &["capture"])]),
+                mode: None,
+                packet_sockets: PacketSockets::Allow,
+                location: loc("p.toml", 17, 1),
             },
         ]
     );
@@ -352,6 +386,15 @@ fn modes_parse_case_sensitively() {
     assert_eq!("enforce".parse::<Mode>(), Ok(Mode::Enforce));
     assert_eq!("audit".parse::<Mode>(), Ok(Mode::Audit));
     assert!("Audit".parse::<Mode>().is_err());
+}
+
+#[test]
+fn packet_sockets_parse_case_sensitively() {
+    assert_eq!("deny".parse::<PacketSockets>(), Ok(PacketSockets::Deny));
+    assert_eq!("allow".parse::<PacketSockets>(), Ok(PacketSockets::Allow));
+    assert!("Allow".parse::<PacketSockets>().is_err());
+    assert_eq!(PacketSockets::default(), PacketSockets::Deny);
+    assert_eq!(PacketSockets::Allow.as_str(), "allow");
 }
 
 #[test]

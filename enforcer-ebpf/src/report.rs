@@ -1,0 +1,119 @@
+//! Denials and audits to the ring buffer, and the verdict memory every judging hook shares.
+
+use enforcer_common::{
+    FLOW_EVENT_VERSION, FlowEvent, SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT, counter,
+    decide::{Decision, fold_protocol},
+    is_ipv4_mapped,
+};
+
+use crate::maps::{EVENTS, SOCKET_VERDICTS, count};
+
+/// What a hook knows of the flow besides the decision.
+pub(crate) struct Flow {
+    pub hook: u8,
+    /// IANA protocol number as the socket or packet has it.
+    pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub generation: u32,
+}
+
+/// Who acted, as far as the hook knows.
+pub(crate) struct Actor {
+    pub pid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// `EVENT_PROCESS_FROM_SOCKET`, `EVENT_NO_PROCESS` or 0 (the current task).
+    pub flags: u8,
+}
+
+/// Bumps the verdict counter (and the decision's extra counter) and reports denials and
+/// audits. Returns whether the flow may proceed.
+#[inline(always)]
+pub(crate) fn conclude(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns: u64) -> bool {
+    if decision.extra_counter != counter::COUNT {
+        count(decision.extra_counter);
+    }
+    match decision.verdict {
+        VERDICT_ALLOW => {
+            count(counter::ALLOWED);
+            true
+        }
+        VERDICT_AUDIT => {
+            count(counter::AUDITED);
+            submit(flow, decision, actor, boot_ns);
+            true
+        }
+        _ => {
+            count(counter::DENIED);
+            submit(flow, decision, actor, boot_ns);
+            false
+        }
+    }
+}
+
+/// Writes one event; a full buffer is counted, never silent.
+#[inline(never)]
+fn submit(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, writable ring-buffer record of `FlowEvent`'s size;
+    // every field is written before submit, field by field so that no copy of the whole record
+    // needs room on the BPF stack.
+    unsafe {
+        (*event).version = FLOW_EVENT_VERSION;
+        (*event).hook = flow.hook;
+        (*event).verdict = decision.verdict;
+        (*event).reason = decision.reason;
+        (*event).protocol = flow.protocol;
+        (*event).ip_version = if is_ipv4_mapped(&flow.dst_addr) { 4 } else { 6 };
+        (*event).flags = actor.flags;
+        (*event).generation = flow.generation;
+        (*event).rule_id = decision.rule_id;
+        (*event).src_identity = decision.src_identity;
+        (*event).dst_identity = decision.dst_identity;
+        (*event).pid = actor.pid;
+        (*event).uid = actor.uid;
+        (*event).src_port = flow.src_port;
+        (*event).dst_port = flow.dst_port;
+        (*event)._pad1 = 0;
+        (*event).cgroup_id = actor.cgroup_id;
+        (*event).boot_ns = boot_ns;
+        (*event).src_addr = flow.src_addr;
+        (*event).dst_addr = flow.dst_addr;
+        (*event).comm = actor.comm;
+    }
+    entry.submit(0);
+}
+
+/// Remembers the flow just judged on a socket, so that its packets cost one lookup and a packet
+/// for another destination is judged again.
+#[inline(always)]
+pub(crate) fn remember(cookie: u64, flow: &Flow, verdict: u8) {
+    let memory = SocketVerdict {
+        dst_addr: flow.dst_addr,
+        generation: flow.generation,
+        dst_port: port_of(flow.protocol, flow.dst_port),
+        protocol: fold_protocol(flow.protocol),
+        verdict,
+    };
+    if SOCKET_VERDICTS.insert(cookie, memory, 0).is_err() {
+        count(counter::ERR_SOCKET_UPDATE);
+    }
+}
+
+/// The port as the verdict memory compares it: none for ICMP.
+#[inline(always)]
+pub(crate) const fn port_of(raw_protocol: u8, port: u16) -> u16 {
+    if fold_protocol(raw_protocol) == enforcer_common::protocol::ICMP {
+        0
+    } else {
+        port
+    }
+}

@@ -1,0 +1,473 @@
+//! The destination that is judged is the one the packet reaches (issue 5, class 2): DNAT in the
+//! workload's own namespace, IPv6 routing headers and IPv4 source routes cannot carry a packet
+//! judged for an allowed destination on to a denied one. And the other ways of naming a destination on one socket stay
+//! judged: IPv4-mapped addresses, `sendto` on a connected socket, `connect(AF_UNSPEC)`, sendmmsg.
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    process::{Command, Stdio},
+};
+
+use enforcer_tests::{
+    EVENT_TIMEOUT, Lab, Listener, Proto,
+    events::{self, Verdict},
+    require_privileges,
+};
+use serde_json::Value;
+
+/// `app` (a segment member) may reach `db` (the server) on tcp/8080, udp/8080 and udp/53 only.
+/// `via` is a segmented server address nobody may reach; `plain` and `plain-via` are addresses in
+/// no segment, and `free` is a workload in none.
+const POLICY: &str = r#"
+[[workload]]
+name = "app"
+cgroup = "app"
+labels = { segment = "app" }
+
+[[workload]]
+name = "free"
+cgroup = "free"
+labels = { app = "free" }
+
+[[peer]]
+name = "db"
+cidrs = ["${SERVER4}/32", "${SERVER6}/128"]
+labels = { segment = "db" }
+
+[[peer]]
+name = "via"
+cidrs = ["${NET4}.40.9/32", "${NET6}:40::9/128"]
+labels = { segment = "via" }
+
+[[peer]]
+name = "plain"
+cidrs = ["${NET4}.60.9/32", "${NET4}.61.9/32", "${NET6}:60::9/128", "${NET6}:61::9/128"]
+labels = { zone = "plain" }
+
+[[segment]]
+name = "app-seg"
+select = { segment = "app" }
+
+[[segment]]
+name = "db-seg"
+select = { segment = "db" }
+
+[[segment]]
+name = "via-seg"
+select = { segment = "via" }
+
+[[allow]]
+from = "app-seg"
+to = "db-seg"
+ports = ["tcp/8080", "udp/8080", "udp/53"]
+"#;
+
+const TCP: u64 = 6;
+const UDP: u64 = 17;
+
+fn lab() -> Lab {
+    Lab::builder()
+        .workload("app")
+        .workload("free")
+        .server_addr("${NET4}.40.9")
+        .server_addr("${NET4}.60.9")
+        .server_addr("${NET4}.61.9")
+        .server_addr("${NET6}:40::9")
+        .server_addr("${NET6}:60::9")
+        .server_addr("${NET6}:61::9")
+        .policy("main.toml", POLICY)
+        .start()
+}
+
+/// The denial event to `ip:port` over `protocol`, from `app` to `dst`.
+#[track_caller]
+fn denial(lab: &Lab, ip: IpAddr, port: u16, protocol: u64, dst: &str) -> Value {
+    denial_to(lab, &[ip], port, protocol, dst)
+}
+
+/// Like [`denial`], for an event to any of `ips` (one destination written in several forms).
+#[track_caller]
+fn denial_to(lab: &Lab, ips: &[IpAddr], port: u16, protocol: u64, dst: &str) -> Value {
+    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
+        ips.iter().any(|ip| events::is_to(e, *ip, Some(port)))
+            && events::try_field(e, "connection_info.protocol_num").and_then(Value::as_u64)
+                == Some(protocol)
+    });
+    events::assert_verdict(&ev, Verdict::Denied);
+    events::assert_names(&ev, "app", dst);
+    ev
+}
+
+#[track_caller]
+fn assert_nothing_delivered(listener: &Listener, what: &str) {
+    assert!(
+        listener.peers().is_empty(),
+        "{what} was delivered: {:?}",
+        listener.peers()
+    );
+}
+
+/// Loads `ruleset` into the lab's client namespace with `nft -f -`: the workload's own netns,
+/// where a workload with `CAP_NET_ADMIN` there could do the same. Goes with the namespace.
+fn nft(lab: &Lab, ruleset: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", lab.client_ns().name(), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "run ip netns exec ... nft (is nftables installed? `cargo xtask setup` installs it)",
+        );
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("write the ruleset to nft");
+    let out = child.wait_with_output().expect("wait for nft");
+    assert!(
+        out.status.success(),
+        "nft -f - failed ({}): {}\n{ruleset}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An `output` nat chain in the client namespace rewriting `db:8080` to `db:22` for `l4`.
+fn dnat_8080_to_22(lab: &Lab, l4: &str) {
+    nft(
+        lab,
+        &lab.expand(&format!(
+            "table inet enf_dnat {{
+  chain out {{
+    type nat hook output priority -100; policy accept;
+    ip daddr ${{SERVER4}} {l4} dport 8080 dnat ip to ${{SERVER4}}:22
+    ip6 daddr ${{SERVER6}} {l4} dport 8080 dnat ip6 to [${{SERVER6}}]:22
+  }}
+}}
+"
+        )),
+    );
+}
+
+#[test]
+fn dnat_in_the_workloads_netns_cannot_redirect_tcp_to_a_denied_port() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let servers = [lab.server4(), lab.server6()];
+    let listeners: Vec<(Listener, Listener)> = servers
+        .iter()
+        .map(|&s| {
+            (
+                lab.listen(Proto::Tcp, s, 8080),
+                lab.listen(Proto::Tcp, s, 22),
+            )
+        })
+        .collect();
+    // Without the rule, tcp/8080 is allowed and reaches its listener.
+    for (&server, (allowed, _)) in servers.iter().zip(&listeners) {
+        lab.probe("app").tcp_connect(server, 8080).assert_ok();
+        allowed.wait_for_peers(1, EVENT_TIMEOUT);
+    }
+    dnat_8080_to_22(&lab, "tcp");
+    for (&server, (_, ssh)) in servers.iter().zip(&listeners) {
+        // The SYN, rewritten to port 22 after the connect hook, is dropped: a timeout (or EPERM),
+        // never a connection.
+        let outcome = lab.probe("app").tcp_connect(server, 8080);
+        assert!(
+            !outcome.is_ok(),
+            "a connection DNAT'd to the denied tcp/22 got through: {outcome}"
+        );
+        assert_nothing_delivered(ssh, "a SYN DNAT'd to tcp/22");
+        denial(&lab, server, 22, TCP, "db");
+    }
+}
+
+#[test]
+fn dnat_in_the_workloads_netns_cannot_redirect_udp_to_a_denied_port() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let servers = [lab.server4(), lab.server6()];
+    let listeners: Vec<(Listener, Listener)> = servers
+        .iter()
+        .map(|&s| {
+            (
+                lab.listen(Proto::Udp, s, 8080),
+                lab.listen(Proto::Udp, s, 22),
+            )
+        })
+        .collect();
+    for (&server, (allowed, _)) in servers.iter().zip(&listeners) {
+        lab.probe("app").udp_sendto(server, 8080).assert_ok();
+        allowed.wait_for_peers(1, EVENT_TIMEOUT);
+    }
+    dnat_8080_to_22(&lab, "udp");
+    for (&server, (_, ssh)) in servers.iter().zip(&listeners) {
+        lab.probe("app").udp_sendto(server, 8080).assert_denied();
+        denial(&lab, server, 22, UDP, "db");
+        assert_nothing_delivered(ssh, "a datagram DNAT'd to udp/22");
+    }
+}
+
+/// IPv6 routing header types: 4 (segment routing) is the one this kernel takes by setsockopt;
+/// 0 is obsolete and 2 (Mobile IPv6) needs CONFIG_IPV6_MIP6.
+const SEGMENT_ROUTING: u8 = 4;
+const MOBILE_IPV6: u8 = 2;
+
+#[test]
+fn ipv6_routing_header_is_refused_to_segment_members() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let (db, via) = (lab.server6(), lab.ip("${NET6}:40::9"));
+    let dns = lab.listen(Proto::Udp, db, 53);
+
+    // The socket kind itself is fine: the member reaches udp/53 without a routing header.
+    lab.probe("app").udp_sendto(db, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
+
+    // Judged for db:53, a segment routing header would send the packet to `via` first.
+    let outcome = lab.probe("app").udp_rthdr(SEGMENT_ROUTING, via, db, 53);
+    outcome.assert_denied();
+    assert!(
+        outcome.stderr.contains("setsockopt"),
+        "the routing header must be refused at setsockopt: {outcome}"
+    );
+    // Whatever header type: a member gets none (this kernel refuses type 2 itself, EINVAL).
+    let mip6 = lab.probe("app").udp_rthdr(MOBILE_IPV6, via, db, 53);
+    assert!(
+        !mip6.is_ok(),
+        "a type-2 routing header was accepted for a member: {mip6}"
+    );
+
+    // A workload in no segment, between addresses in none, may set it.
+    let (plain, plain_via) = (lab.ip("${NET6}:60::9"), lab.ip("${NET6}:61::9"));
+    lab.probe("free")
+        .udp_rthdr(SEGMENT_ROUTING, plain_via, plain, 53)
+        .assert_ok();
+}
+
+#[test]
+fn ipv6_routing_header_as_a_control_message_does_not_pass() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let (db, via) = (lab.server6(), lab.ip("${NET6}:40::9"));
+    let dns = lab.listen(Proto::Udp, db, 53);
+    let at_via = lab.listen(Proto::Udp, via, 53);
+
+    for kind in [MOBILE_IPV6, SEGMENT_ROUTING] {
+        let outcome = lab.probe("app").udp_rthdr_cmsg(kind, via, db, 53);
+        match outcome.result() {
+            // Sent with the header, the packet goes to `via` first: dropped there and reported.
+            "EPERM" => {
+                outcome.assert_denied();
+                let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
+                    events::is_to(e, via, Some(53)) || events::is_to(e, db, Some(53))
+                });
+                events::assert_verdict(&ev, Verdict::Denied);
+                let dst = if events::is_to(&ev, via, None) {
+                    "via"
+                } else {
+                    "db"
+                };
+                events::assert_names(&ev, "app", dst);
+            }
+            // Kernels without CONFIG_IPV6_MIP6 take no routing header as a control message.
+            "EINVAL" => println!("type-{kind} IPV6_RTHDR control message: EINVAL from this kernel"),
+            _ => panic!("a type-{kind} routing header in a control message was sent: {outcome}"),
+        }
+    }
+    assert_nothing_delivered(&dns, "a datagram with a routing header");
+    assert_nothing_delivered(&at_via, "a datagram with a routing header");
+    // Control: the same sendmsg path without the header.
+    lab.probe("app").udp_sendto(db, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
+}
+
+#[test]
+fn ipv4_source_route_is_refused_to_segment_members() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let (db, via) = (lab.server4(), lab.ip("${NET4}.40.9"));
+    let dns = lab.listen(Proto::Udp, db, 53);
+
+    lab.probe("app").udp_sendto(db, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
+
+    // Judged for db:53, the datagram would go to `via` first.
+    for kind in ["lsrr", "ssrr"] {
+        let outcome = lab.probe("app").udp_srr(kind, via, db, 53);
+        outcome.assert_denied();
+        assert!(
+            outcome.stderr.contains("setsockopt"),
+            "the source route must be refused at setsockopt: {outcome}"
+        );
+    }
+    let (plain, plain_via) = (lab.ip("${NET4}.60.9"), lab.ip("${NET4}.61.9"));
+    lab.probe("free")
+        .udp_srr("lsrr", plain_via, plain, 53)
+        .assert_ok();
+}
+
+#[test]
+fn ipv4_source_route_as_a_control_message_is_dropped() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let (db, via) = (lab.server4(), lab.ip("${NET4}.40.9"));
+    let dns = lab.listen(Proto::Udp, db, 53);
+
+    // An IP_RETOPTS control message sets the route for one datagram, past any setsockopt hook:
+    // the packet itself, addressed to `via`, is what is judged.
+    let outcome = lab.probe("app").udp_srr_cmsg("lsrr", via, db, 53);
+    outcome.assert_denied();
+    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
+        events::is_to(e, via, Some(53)) || events::is_to(e, db, Some(53))
+    });
+    events::assert_verdict(&ev, Verdict::Denied);
+    let dst = if events::is_to(&ev, via, None) {
+        "via"
+    } else {
+        "db"
+    };
+    events::assert_names(&ev, "app", dst);
+    assert_nothing_delivered(&dns, "a datagram with a source route");
+
+    // Control: the same path without the option, and the option between unsegmented ends.
+    lab.probe("app").udp_sendto(db, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    let (plain, plain_via) = (lab.ip("${NET4}.60.9"), lab.ip("${NET4}.61.9"));
+    lab.probe("free")
+        .udp_srr_cmsg("lsrr", plain_via, plain, 53)
+        .assert_ok();
+}
+
+/// `::ffff:a.b.c.d`: an IPv4 destination through an AF_INET6 socket.
+fn mapped(v4: IpAddr) -> IpAddr {
+    match v4 {
+        IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
+        IpAddr::V6(_) => unreachable!("mapped() takes an IPv4 address"),
+    }
+}
+
+#[test]
+fn ipv4_mapped_destinations_are_judged_as_ipv4() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let db = lab.server4();
+    let via_v6 = mapped(db);
+    let web = lab.listen(Proto::Tcp, db, 8080);
+    let admin = lab.listen(Proto::Tcp, db, 9090);
+    let dns = lab.listen(Proto::Udp, db, 53);
+    let ntp = lab.listen(Proto::Udp, db, 123);
+
+    lab.probe("app").tcp_connect(via_v6, 8080).assert_ok();
+    web.wait_for_peers(1, EVENT_TIMEOUT);
+    lab.probe("app").udp_sendto(via_v6, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
+
+    lab.probe("app").tcp_connect(via_v6, 9090).assert_denied();
+    let ev = denial_to(&lab, &[db, via_v6], 9090, TCP, "db");
+    assert_eq!(
+        events::u64_at(&ev, "connection_info.protocol_ver_id"),
+        4,
+        "{ev:#}"
+    );
+    lab.probe("app").udp_sendto(via_v6, 123).assert_denied();
+    denial_to(&lab, &[db, via_v6], 123, UDP, "db");
+    lab.probe("app").udp_connect(via_v6, 123).assert_denied();
+    assert_nothing_delivered(&admin, "a denied connection to an IPv4-mapped address");
+    assert_nothing_delivered(&ntp, "a denied datagram to an IPv4-mapped address");
+}
+
+#[test]
+fn sendto_another_address_on_a_connected_udp_socket_is_judged() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    for db in [lab.server4(), lab.server6()] {
+        let dns = lab.listen(Proto::Udp, db, 53);
+        let alt = lab.listen(Proto::Udp, db, 8080);
+        let ntp = lab.listen(Proto::Udp, db, 123);
+
+        // Connected to udp/53, sending to the allowed udp/8080: both arrive.
+        lab.probe("app")
+            .udp_connected_sendto(db, 53, db, 8080)
+            .assert_ok();
+        dns.wait_for_peers(1, EVENT_TIMEOUT);
+        alt.wait_for_peers(1, EVENT_TIMEOUT);
+
+        lab.probe("app")
+            .udp_connected_sendto(db, 53, db, 123)
+            .assert_denied();
+        denial(&lab, db, 123, UDP, "db");
+        assert_nothing_delivered(&ntp, "a sendto past the connected address");
+        // The connected send of each attempt arrives.
+        dns.wait_for_peers(2, EVENT_TIMEOUT);
+    }
+}
+
+#[test]
+fn sendto_after_connect_af_unspec_is_judged() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    for db in [lab.server4(), lab.server6()] {
+        let dns = lab.listen(Proto::Udp, db, 53);
+        let alt = lab.listen(Proto::Udp, db, 8080);
+        let ntp = lab.listen(Proto::Udp, db, 123);
+
+        lab.probe("app")
+            .udp_unspec_sendto(db, 53, db, 8080)
+            .assert_ok();
+        dns.wait_for_peers(1, EVENT_TIMEOUT);
+        alt.wait_for_peers(1, EVENT_TIMEOUT);
+
+        // The verdict for the connected udp/53 does not outlive the disconnect.
+        lab.probe("app")
+            .udp_unspec_sendto(db, 53, db, 123)
+            .assert_denied();
+        denial(&lab, db, 123, UDP, "db");
+        assert_nothing_delivered(&ntp, "a sendto after connect(AF_UNSPEC)");
+    }
+}
+
+#[test]
+fn sendmmsg_judges_each_datagram() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    for db in [lab.server4(), lab.server6()] {
+        let dns = lab.listen(Proto::Udp, db, 53);
+        let alt = lab.listen(Proto::Udp, db, 8080);
+        let ntp = lab.listen(Proto::Udp, db, 123);
+
+        lab.probe("app").udp_sendmmsg(db, 53, db, 8080).assert_ok();
+        dns.wait_for_peers(1, EVENT_TIMEOUT);
+        alt.wait_for_peers(1, EVENT_TIMEOUT);
+
+        // The first datagram (allowed) goes, the second (denied) does not.
+        lab.probe("app")
+            .udp_sendmmsg(db, 53, db, 123)
+            .assert_denied();
+        denial(&lab, db, 123, UDP, "db");
+        dns.wait_for_peers(2, EVENT_TIMEOUT);
+        assert_nothing_delivered(&ntp, "the denied datagram of a sendmmsg");
+    }
+}
