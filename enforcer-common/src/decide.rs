@@ -177,7 +177,8 @@ pub fn decide<V: PolicyView>(
     }
     let (Some(src_info), Some(dst_info)) = (view.identity_info(src), view.identity_info(dst))
     else {
-        let mut failed = Decision::fail_closed(src, reason::UNRESOLVED, counter::ERR_NO_IDENTITY_INFO);
+        let mut failed =
+            Decision::fail_closed(src, reason::UNRESOLVED, counter::ERR_NO_IDENTITY_INFO);
         failed.dst_identity = dst;
         return failed;
     };
@@ -190,8 +191,7 @@ pub fn decide<V: PolicyView>(
     } else {
         dst_info.segment
     };
-    decision.verdict = if effective_audit(config.flags & CONFIG_AUDIT != 0, &src_info, &dst_info)
-    {
+    decision.verdict = if effective_audit(config.flags & CONFIG_AUDIT != 0, &src_info, &dst_info) {
         VERDICT_AUDIT
     } else {
         VERDICT_DENY

@@ -551,7 +551,7 @@ pub fn is_loopback_or_unspecified(addr: &[u8; 16]) -> bool {
 mod pod {
     use super::{
         AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, FlowEvent, IdentityInfo,
-        IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, Runtime, RuleLpmData, RuleValue,
+        IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime,
         SlotConfig, SocketOwner, SocketVerdict,
     };
 

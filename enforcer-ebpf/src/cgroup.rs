@@ -5,8 +5,8 @@
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
 };
 use enforcer_common::{CGROUP_HOLD, CgroupKey, counter, reason};

@@ -126,9 +126,9 @@ pub(crate) fn socket_sendmsg(ctx: &LsmContext) -> i32 {
     let sock: *const u8 = ctx.arg(0);
     let msg: *const u8 = ctx.arg(1);
     // SAFETY: `msg` is the hook's `struct msghdr *`; the helper reads kernel memory safely.
-    let Ok(name) = (unsafe {
-        bpf_probe_read_kernel(msg.add(MSGHDR_NAME).cast::<*const SockaddrPrefix>())
-    }) else {
+    let Ok(name) =
+        (unsafe { bpf_probe_read_kernel(msg.add(MSGHDR_NAME).cast::<*const SockaddrPrefix>()) })
+    else {
         return ALLOW;
     };
     if name.is_null() {

@@ -51,14 +51,54 @@ program!(cgroup_sock_addr(sendmsg6), sendmsg6, SockAddrContext, |c| {
     sock_addr::judge::<true>(c, hook::SENDMSG6)
 });
 program!(cgroup_skb(egress), egress, SkBuffContext, skb::egress);
-program!(cgroup_sockopt(setsockopt), setsockopt, SockoptContext, sockopt::setsockopt);
-program!(cgroup_sock(sock_create), sock_create, SockContext, sock::record_owner);
-program!(cgroup_sock(post_bind4), post_bind4, SockContext, sock::record_bind::<false>);
-program!(cgroup_sock(post_bind6), post_bind6, SockContext, sock::record_bind::<true>);
-program!(cgroup_sock(sock_release), sock_release, SockContext, sock::forget);
-program!(lsm(hook = "socket_create"), socket_create, LsmContext, lsm::socket_create);
-program!(lsm(hook = "socket_connect"), socket_connect, LsmContext, lsm::socket_connect);
-program!(lsm(hook = "socket_sendmsg"), socket_sendmsg, LsmContext, lsm::socket_sendmsg);
+program!(
+    cgroup_sockopt(setsockopt),
+    setsockopt,
+    SockoptContext,
+    sockopt::setsockopt
+);
+program!(
+    cgroup_sock(sock_create),
+    sock_create,
+    SockContext,
+    sock::record_owner
+);
+program!(
+    cgroup_sock(post_bind4),
+    post_bind4,
+    SockContext,
+    sock::record_bind::<false>
+);
+program!(
+    cgroup_sock(post_bind6),
+    post_bind6,
+    SockContext,
+    sock::record_bind::<true>
+);
+program!(
+    cgroup_sock(sock_release),
+    sock_release,
+    SockContext,
+    sock::forget
+);
+program!(
+    lsm(hook = "socket_create"),
+    socket_create,
+    LsmContext,
+    lsm::socket_create
+);
+program!(
+    lsm(hook = "socket_connect"),
+    socket_connect,
+    LsmContext,
+    lsm::socket_connect
+);
+program!(
+    lsm(hook = "socket_sendmsg"),
+    socket_sendmsg,
+    LsmContext,
+    lsm::socket_sendmsg
+);
 
 #[cfg(not(test))]
 #[panic_handler]

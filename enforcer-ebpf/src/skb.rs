@@ -9,9 +9,7 @@ use core::mem::offset_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, bpf_sock},
-    helpers::{
-        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
-    },
+    helpers::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock},
     programs::SkBuffContext,
 };
 use enforcer_common::{
@@ -33,8 +31,9 @@ use crate::{
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
+/// `__sk_buff.protocol` holds the ethertype in network byte order.
+const ETH_P_IP: u32 = 0x0800_u16.to_be() as u32;
+const ETH_P_IPV6: u32 = 0x86dd_u16.to_be() as u32;
 const SOCK_STREAM: u32 = 1;
 const SK_TYPE: usize = offset_of!(bpf_sock, type_);
 
@@ -157,8 +156,8 @@ fn parse_ipv6(ctx: &SkBuffContext, packet: &mut Packet) -> Option<()> {
 #[inline(never)]
 fn parse(ctx: &SkBuffContext, packet: &mut Packet) -> bool {
     let parsed = match ctx.skb.protocol() {
-        p if p == ETH_P_IP.to_be() => parse_ipv4(ctx, packet),
-        p if p == ETH_P_IPV6.to_be() => parse_ipv6(ctx, packet),
+        ETH_P_IP => parse_ipv4(ctx, packet),
+        ETH_P_IPV6 => parse_ipv6(ctx, packet),
         _ => None,
     };
     parsed.is_some()
@@ -226,7 +225,11 @@ pub(crate) fn egress(ctx: &SkBuffContext) -> i32 {
             && memory.dst_addr == packet.dst_addr
         {
             count(counter::REMEMBERED);
-            return if memory.verdict == VERDICT_DENY { DROP } else { PASS };
+            return if memory.verdict == VERDICT_DENY {
+                DROP
+            } else {
+                PASS
+            };
         }
         if packet.later_fragment {
             count(counter::ERR_PACKET);
@@ -264,15 +267,6 @@ fn judge(ctx: &SkBuffContext, packet: &Packet, cookie: u64) -> i32 {
             return finish(ctx, cookie, &flow, &decision, false);
         }
     };
-    if packet.source_routed
-        && view
-            .identity_info(src)
-            .is_none_or(|info| info.flags & IDENTITY_SEGMENTED != 0)
-    {
-        count(counter::SOURCE_ROUTE_REFUSED);
-        let decision = Decision::fail_closed(src, reason::SOURCE_ROUTE, counter::COUNT);
-        return finish(ctx, cookie, &flow, &decision, false);
-    }
     let runtime = runtime();
     let dst = match place(&view, &runtime, netns, &packet.dst_addr) {
         Place::Remote(identity) => identity,
@@ -291,8 +285,7 @@ fn judge(ctx: &SkBuffContext, packet: &Packet, cookie: u64) -> i32 {
             Owner::Identity(identity) => identity,
             Owner::Defer | Owner::Unresolved => {
                 count(counter::ERR_UNRESOLVED_LOCAL);
-                let decision =
-                    Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT);
+                let decision = Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT);
                 return finish(ctx, cookie, &flow, &decision, true);
             }
         },
@@ -301,7 +294,26 @@ fn judge(ctx: &SkBuffContext, packet: &Packet, cookie: u64) -> i32 {
             return finish(ctx, cookie, &flow, &decision, true);
         }
     };
-    let decision = decide(&view, &view.config, src, dst, packet.protocol, packet.dst_port);
+    if packet.source_routed
+        && view
+            .identity_info(src)
+            .is_none_or(|info| info.flags & IDENTITY_SEGMENTED != 0)
+    {
+        count(counter::SOURCE_ROUTE_REFUSED);
+        let decision = Decision {
+            dst_identity: dst,
+            ..Decision::fail_closed(src, reason::SOURCE_ROUTE, counter::COUNT)
+        };
+        return finish(ctx, cookie, &flow, &decision, false);
+    }
+    let decision = decide(
+        &view,
+        &view.config,
+        src,
+        dst,
+        packet.protocol,
+        packet.dst_port,
+    );
     finish(ctx, cookie, &flow, &decision, true)
 }
 

@@ -16,8 +16,7 @@ use aya_ebpf::{
     programs::SockContext,
 };
 use enforcer_common::{
-    ListenerKey, ListenerValue, SocketOwner, counter, decide::fold_protocol, ipv4_mapped,
-    protocol,
+    ListenerKey, ListenerValue, SocketOwner, counter, decide::fold_protocol, ipv4_mapped, protocol,
 };
 
 use crate::{

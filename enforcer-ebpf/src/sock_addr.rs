@@ -177,7 +177,11 @@ fn verdict(ctx: &SockAddrContext, flow: &Flow, decision: &Decision, cgroup_id: u
     let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     if conclude(flow, decision, &actor, boot_ns) {
         // SAFETY: a helper call on the program's own context.
-        remember(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, flow, decision.verdict);
+        remember(
+            unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            flow,
+            decision.verdict,
+        );
         PROCEED
     } else {
         REFUSE

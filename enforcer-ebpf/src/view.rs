@@ -3,13 +3,10 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
     ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, IdentityInfo, IdentityKey,
-    RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, SlotConfig, counter,
-    decide::PolicyView,
+    RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, SlotConfig, counter, decide::PolicyView,
 };
 
-use crate::maps::{
-    ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, IDENTITY_INFO, RULES, SLOT_CONFIG, count,
-};
+use crate::maps::{ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, IDENTITY_INFO, RULES, SLOT_CONFIG, count};
 
 /// The policy in force: the active slot and its config, read once per decision so that a flip
 /// in between can never mix two policies.

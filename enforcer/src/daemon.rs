@@ -152,8 +152,9 @@ fn cgroup_id(path: &Path) -> Result<u64, DaemonError> {
 /// The absolute level of `root` in the cgroup hierarchy (the mount point is level 0; inside a
 /// cgroup namespace, the namespace's root).
 fn cgroup_level(mount: &Path, root: &Path) -> u32 {
-    root.strip_prefix(mount)
-        .map_or(0, |rel| u32::try_from(rel.components().count()).unwrap_or(u32::MAX))
+    root.strip_prefix(mount).map_or(0, |rel| {
+        u32::try_from(rel.components().count()).unwrap_or(u32::MAX)
+    })
 }
 
 fn mapped(addrs: &BTreeSet<IpAddr>) -> BTreeSet<[u8; 16]> {
@@ -180,7 +181,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Says once, at start, what stays unjudged without BPF LSM.
 fn announce_lsm(active: bool) {
     if active {
-        info!("BPF LSM is active: sockets passed in from outside the managed subtree and packet sockets are judged");
+        info!(
+            "BPF LSM is active: sockets passed in from outside the managed subtree and packet sockets are judged"
+        );
     } else {
         warn!(
             "no BPF LSM programs (the kernel does not run BPF LSM, or refused them): sockets created outside the managed subtree and passed in, and AF_PACKET sockets, are not judged; see docs/coverage.md"
@@ -203,7 +206,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         warn!(%warning, "policy warning");
     }
     let cgroup_mount = find_cgroup2_mount()?;
-    let cgroup_root = config.cgroup_root.clone().unwrap_or_else(|| cgroup_mount.clone());
+    let cgroup_root = config
+        .cgroup_root
+        .clone()
+        .unwrap_or_else(|| cgroup_mount.clone());
     let mut sink = match &config.events {
         EventsTarget::Stdout => JsonLines::stdout(Product::default()),
         EventsTarget::File(path) => JsonLines::file(path, Product::default())?,
@@ -251,7 +257,13 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     datapath.attach(&cgroup_root)?;
     // Labels that did not fit are reported now, with the limit and how to raise it.
     let mut synced_tree = CgroupTree::default();
-    relabel(&mut datapath, &identities, &cgroup_root, &mut watcher, &mut synced_tree);
+    relabel(
+        &mut datapath,
+        &identities,
+        &cgroup_root,
+        &mut watcher,
+        &mut synced_tree,
+    );
     let counters = datapath.counters()?;
 
     let node_addresses = policy
@@ -363,7 +375,13 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             }
         }
     }
-    drain(ring.get_mut(), &enricher, &mut sink, &mut undelivered, usize::MAX);
+    drain(
+        ring.get_mut(),
+        &enricher,
+        &mut sink,
+        &mut undelivered,
+        usize::MAX,
+    );
     if undelivered > 0 {
         warn!(undelivered, "events the sink failed to write");
     }
@@ -418,7 +436,12 @@ fn relabel(
 fn sync_addresses(datapath: &mut Datapath, netns_cookie: u64, addrs: &BTreeSet<IpAddr>) {
     match datapath.sync_local_addresses(netns_cookie, &mapped(addrs)) {
         Ok((added, removed)) if added + removed > 0 => {
-            info!(added, removed, total = addrs.len(), "local addresses synced");
+            info!(
+                added,
+                removed,
+                total = addrs.len(),
+                "local addresses synced"
+            );
         }
         Ok(_) => {}
         Err(error) => error!(%error, "syncing the node's local addresses failed"),

@@ -12,7 +12,7 @@ use std::{
 
 use enforcer::{
     events::{
-        FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Verdict,
+        FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict,
         ocsf::{Product, render, to_json_line},
     },
     policy::{Labels, Mode},
@@ -110,6 +110,8 @@ fn base() -> FlowRecord {
             cmd_line: Some("enforcer-probe tcp-connect 10.0.0.2 5432".to_owned()),
             uid: 0,
         }),
+        process_from_socket: false,
+        layer: Layer::Socket,
         rule: FlowRule {
             uid: "rules/20-finance.toml:31".to_owned(),
             name: "web-never-finance".to_owned(),
@@ -132,6 +134,21 @@ fn samples() -> Vec<FlowRecord> {
     let base = base();
     vec![
         base.clone(),
+        FlowRecord {
+            layer: Layer::Packet,
+            process_from_socket: true,
+            protocol: 136,
+            rule: FlowRule {
+                uid: "fail-closed:source-route".to_owned(),
+                name: "fail-closed:source-route".to_owned(),
+                description: None,
+            },
+            ..base.clone()
+        },
+        FlowRecord {
+            layer: Layer::Lsm,
+            ..base.clone()
+        },
         FlowRecord {
             verdict: Verdict::Audited,
             mode: Mode::Audit,

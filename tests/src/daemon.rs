@@ -215,6 +215,16 @@ impl Daemon {
         fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
 
+    /// Whether the daemon runs its BPF LSM programs (it says `lsm=true` when it starts enforcing).
+    /// Kernels without BPF LSM, or whose security policy refuses LSM programs, run without them,
+    /// and the daemon says so.
+    #[must_use]
+    pub fn lsm_loaded(&self) -> bool {
+        self.stderr()
+            .lines()
+            .any(|line| line.contains(" enforcing ") && line.contains("lsm=true"))
+    }
+
     /// The daemon's pid, while it runs.
     #[must_use]
     pub fn pid(&self) -> Option<u32> {

@@ -5,11 +5,11 @@ use std::{
     fs::File,
 };
 
+use aya::Ebpf;
 use aya::maps::{
     Array, CgroupArray, HashMap, MapData, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
-use aya::Ebpf;
 use enforcer_common::{
     ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo,
     IdentityKey, LocalAddrKey, RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, Runtime, SlotConfig,

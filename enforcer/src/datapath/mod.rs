@@ -18,8 +18,8 @@ use aya::{
 };
 use enforcer_common::{CgroupLabel, Runtime, maps as names};
 
-pub use self::{maps::Counters, programs::bpf_lsm_active};
 use self::maps::{HostMaps, PolicyMaps};
+pub use self::{maps::Counters, programs::bpf_lsm_active};
 use crate::compile::DesiredState;
 
 /// The kernel object, built by `build.rs` from `enforcer-ebpf`.

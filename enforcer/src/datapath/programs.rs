@@ -49,16 +49,26 @@ fn failed(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
 /// Loads every cgroup program (verifier included), and the LSM programs when `lsm` is given.
 pub(super) fn load(ebpf: &mut Ebpf, lsm: Option<&Btf>) -> Result<(), DatapathError> {
     for name in OBSERVERS {
-        program::<CgroupSock>(ebpf, name)?.load().map_err(failed(name))?;
+        program::<CgroupSock>(ebpf, name)?
+            .load()
+            .map_err(failed(name))?;
     }
     for name in JUDGES {
-        program::<CgroupSockAddr>(ebpf, name)?.load().map_err(failed(name))?;
+        program::<CgroupSockAddr>(ebpf, name)?
+            .load()
+            .map_err(failed(name))?;
     }
-    program::<CgroupSkb>(ebpf, PACKET)?.load().map_err(failed(PACKET))?;
-    program::<CgroupSockopt>(ebpf, SOCKOPT)?.load().map_err(failed(SOCKOPT))?;
+    program::<CgroupSkb>(ebpf, PACKET)?
+        .load()
+        .map_err(failed(PACKET))?;
+    program::<CgroupSockopt>(ebpf, SOCKOPT)?
+        .load()
+        .map_err(failed(SOCKOPT))?;
     if let Some(btf) = lsm {
         for hook in LSM_HOOKS {
-            program::<Lsm>(ebpf, hook)?.load(hook, btf).map_err(failed(hook))?;
+            program::<Lsm>(ebpf, hook)?
+                .load(hook, btf)
+                .map_err(failed(hook))?;
         }
     }
     Ok(())

@@ -15,9 +15,7 @@ use enforcer_common::{
 };
 
 use super::{FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict};
-use crate::{
-    compile::CompiledPolicy, host::SourceResolver, identity::Identities, policy::Mode,
-};
+use crate::{compile::CompiledPolicy, host::SourceResolver, identity::Identities, policy::Mode};
 
 /// Errors decoding a ring-buffer record.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -156,6 +156,7 @@ mod tests {
     fn a_plain_directory_can_be_watched() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");

@@ -105,6 +105,24 @@ fn denial_renders_exactly_the_contract() {
             "src_labels": { "app": "web" },
             "dst_labels": { "app": "db" },
             "mode": "enforce",
+            "layer": "socket",
+            "process_from_socket": false,
+            "provenance": {
+                "process_controlled": [
+                    "src_endpoint.ip",
+                    "src_endpoint.port",
+                    "actor.process.name",
+                    "actor.process.cmd_line",
+                ],
+                "kernel_established": [
+                    "src_endpoint.name",
+                    "dst_endpoint.ip",
+                    "dst_endpoint.port",
+                    "dst_endpoint.name",
+                    "actor.process.pid",
+                    "actor.process.user.uid",
+                ],
+            },
         },
         "actor": {
             "process": {
