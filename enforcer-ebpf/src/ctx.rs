@@ -29,3 +29,43 @@ pub(crate) fn ipv6_bytes(words: [u32; 4]) -> [u8; 16] {
     }
     bytes
 }
+
+/// `bpf_sock` field offsets the hooks read.
+pub(crate) mod sock {
+    use core::mem::offset_of;
+
+    use aya_ebpf::bindings::bpf_sock;
+
+    pub(crate) const FAMILY: usize = offset_of!(bpf_sock, family);
+    pub(crate) const PROTOCOL: usize = offset_of!(bpf_sock, protocol);
+    pub(crate) const TYPE: usize = offset_of!(bpf_sock, type_);
+    pub(crate) const SRC_IP4: usize = offset_of!(bpf_sock, src_ip4);
+    pub(crate) const SRC_IP6: usize = offset_of!(bpf_sock, src_ip6);
+    pub(crate) const SRC_IP6_1: usize = SRC_IP6 + 4;
+    pub(crate) const SRC_IP6_2: usize = SRC_IP6 + 8;
+    pub(crate) const SRC_IP6_3: usize = SRC_IP6 + 12;
+    pub(crate) const SRC_PORT: usize = offset_of!(bpf_sock, src_port);
+    pub(crate) const AF_INET6: u32 = 10;
+}
+
+/// A socket's own (bound) address, IPv4-mapped for `AF_INET`. `v6` picks the field: `post_bind4`
+/// may not even read `src_ip6`, so callers that know the family pass it as a constant.
+///
+/// # Safety
+/// `sk` must be a socket pointer the verifier lets the program read.
+#[inline(always)]
+pub(crate) unsafe fn bound_address(sk: *const aya_ebpf::bindings::bpf_sock, v6: bool) -> [u8; 16] {
+    // SAFETY (every `field` call): upheld by the caller; the offsets are fields of `bpf_sock`.
+    if v6 {
+        ipv6_bytes(unsafe {
+            [
+                field::<_, { sock::SRC_IP6 }>(sk),
+                field::<_, { sock::SRC_IP6_1 }>(sk),
+                field::<_, { sock::SRC_IP6_2 }>(sk),
+                field::<_, { sock::SRC_IP6_3 }>(sk),
+            ]
+        })
+    } else {
+        enforcer_common::ipv4_mapped(unsafe { field::<_, { sock::SRC_IP4 }>(sk) }.to_ne_bytes())
+    }
+}

@@ -1,7 +1,7 @@
 //! Destinations on this node: which socket will receive the connection, by the kernel's own
 //! lookup (`bpf_sk_lookup_tcp/udp`), and whose it is.
 
-use core::{ffi::c_void, mem::offset_of, mem::size_of};
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -16,25 +16,16 @@ use aya_ebpf::{
 use enforcer_common::{
     CgroupKey, ListenerKey, LocalAddrKey, Runtime, counter,
     decide::{Destination, PolicyView, destination},
-    ipv4_mapped, is_ipv4_mapped, is_loopback_or_unspecified, protocol,
+    is_ipv4_mapped, is_loopback_or_unspecified, protocol,
 };
 
 use crate::{
-    ctx::field,
+    ctx::{bound_address, field, sock},
     maps::{CGROUP_IDENTITY, LISTENERS, LOCAL_ADDRS, count},
 };
 
 /// `BPF_F_CURRENT_NETNS`: look sockets up in the namespace of the program's context.
 const CURRENT_NETNS: u64 = u64::MAX;
-const AF_INET6: u32 = 10;
-
-const SK_FAMILY: usize = offset_of!(bpf_sock, family);
-const SK_SRC_IP4: usize = offset_of!(bpf_sock, src_ip4);
-const SK_SRC_IP6: usize = offset_of!(bpf_sock, src_ip6);
-const SK_SRC_IP6_1: usize = SK_SRC_IP6 + 4;
-const SK_SRC_IP6_2: usize = SK_SRC_IP6 + 8;
-const SK_SRC_IP6_3: usize = SK_SRC_IP6 + 12;
-const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
 
 /// What a destination address is, seen from a socket in network namespace `netns`.
 pub(crate) enum Place {
@@ -63,13 +54,10 @@ pub(crate) fn place<V: PolicyView>(
         addr: *addr,
     };
     // SAFETY: hash map values are read-only copies for us.
-    let node_address = unsafe { LOCAL_ADDRS.get(key) }.is_some()
-        || matches!(destination(view, addr), Destination::Local);
-    if !node_address {
-        return match destination(view, addr) {
-            Destination::Remote(identity) => Place::Remote(identity),
-            Destination::Local => Place::Local,
-        };
+    if unsafe { LOCAL_ADDRS.get(key) }.is_none()
+        && let Destination::Remote(identity) = destination(view, addr)
+    {
+        return Place::Remote(identity);
     }
     if netns != 0 && netns == runtime.node_netns_cookie {
         Place::Local
@@ -166,23 +154,13 @@ fn lookup(ctx: *mut c_void, dst_addr: &[u8; 16], dst_port: u16, folded: u8) -> *
 fn listener_key(sk: *mut bpf_sock, netns: u64, folded: u8) -> ListenerKey {
     // SAFETY (every `field` call): `sk` is a non-null socket returned by a lookup helper, and every
     // offset is a field of `bpf_sock`.
-    let v6 = unsafe { field::<_, SK_FAMILY>(sk) } == AF_INET6;
-    let addr = if v6 {
-        crate::ctx::ipv6_bytes(unsafe {
-            [
-                field::<_, SK_SRC_IP6>(sk),
-                field::<_, SK_SRC_IP6_1>(sk),
-                field::<_, SK_SRC_IP6_2>(sk),
-                field::<_, SK_SRC_IP6_3>(sk),
-            ]
-        })
-    } else {
-        ipv4_mapped(unsafe { field::<_, SK_SRC_IP4>(sk) }.to_ne_bytes())
-    };
+    let v6 = unsafe { field::<_, { sock::FAMILY }>(sk) } == sock::AF_INET6;
+    // SAFETY: as above.
+    let addr = unsafe { bound_address(sk, v6) };
     ListenerKey {
         netns_cookie: netns,
         addr,
-        port: unsafe { field::<_, SK_SRC_PORT>(sk) } as u16,
+        port: unsafe { field::<_, { sock::SRC_PORT }>(sk) } as u16,
         protocol: folded,
         family: if v6 { 6 } else { 4 },
         _pad: 0,

@@ -11,11 +11,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_probe_read_kernel},
     programs::LsmContext,
 };
 use enforcer_common::{
@@ -28,7 +24,7 @@ use crate::{
     cgroup::{TaskCgroup, source_identity},
     local::{Place, place},
     maps::{MANAGED_ROOT, SOCKET_OWNERS, count, runtime},
-    report::{Actor, Flow, conclude},
+    report::{Flow, conclude, current_task},
     view::MapView,
 };
 
@@ -216,17 +212,7 @@ fn judge_outside_socket(sock: *const u8, address: *const SockaddrPrefix, hook: u
             }
         }
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let actor = Actor {
-        pid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        cgroup_id,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        flags: 0,
-    };
-    // SAFETY: a plain helper call.
-    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    if conclude(&flow, &decision, &actor, boot_ns) {
+    if conclude(&flow, &decision, || current_task(cgroup_id)) {
         ALLOW
     } else {
         EPERM

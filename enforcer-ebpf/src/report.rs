@@ -1,5 +1,8 @@
 //! Denials and audits to the ring buffer, and the verdict memory every judging hook shares.
 
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+};
 use enforcer_common::{
     FLOW_EVENT_VERSION, FlowEvent, SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT, counter,
     decide::{Decision, fold_protocol},
@@ -30,10 +33,24 @@ pub(crate) struct Actor {
     pub flags: u8,
 }
 
-/// Bumps the verdict counter (and the decision's extra counter) and reports denials and
-/// audits. Returns whether the flow may proceed.
+/// The current task as the actor (the socket hooks and LSM run in its context).
 #[inline(always)]
-pub(crate) fn conclude(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns: u64) -> bool {
+pub(crate) fn current_task(cgroup_id: u64) -> Actor {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Actor {
+        pid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        cgroup_id,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        flags: 0,
+    }
+}
+
+/// Bumps the verdict counter (and the decision's extra counter) and reports denials and
+/// audits; `actor` is only asked for a report, so allowed flows pay nothing for it. Returns
+/// whether the flow may proceed.
+#[inline(always)]
+pub(crate) fn conclude<F: FnOnce() -> Actor>(flow: &Flow, decision: &Decision, actor: F) -> bool {
     if decision.extra_counter != counter::COUNT {
         count(decision.extra_counter);
     }
@@ -44,12 +61,12 @@ pub(crate) fn conclude(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns:
         }
         VERDICT_AUDIT => {
             count(counter::AUDITED);
-            submit(flow, decision, actor, boot_ns);
+            submit(flow, decision, &actor());
             true
         }
         _ => {
             count(counter::DENIED);
-            submit(flow, decision, actor, boot_ns);
+            submit(flow, decision, &actor());
             false
         }
     }
@@ -57,7 +74,7 @@ pub(crate) fn conclude(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns:
 
 /// Writes one event; a full buffer is counted, never silent.
 #[inline(never)]
-fn submit(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns: u64) {
+fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -84,7 +101,7 @@ fn submit(flow: &Flow, decision: &Decision, actor: &Actor, boot_ns: u64) {
         (*event).dst_port = flow.dst_port;
         (*event)._pad1 = 0;
         (*event).cgroup_id = actor.cgroup_id;
-        (*event).boot_ns = boot_ns;
+        (*event).boot_ns = bpf_ktime_get_boot_ns();
         (*event).src_addr = flow.src_addr;
         (*event).dst_addr = flow.dst_addr;
         (*event).comm = actor.comm;
@@ -103,6 +120,11 @@ pub(crate) fn remember(cookie: u64, flow: &Flow, verdict: u8) {
         protocol: fold_protocol(flow.protocol),
         verdict,
     };
+    // SAFETY: hash map values are read-only copies for us.
+    if unsafe { SOCKET_VERDICTS.get(cookie) } == Some(&memory) {
+        // A repeat (datagrams to the same destination): a lookup is cheaper than an update.
+        return;
+    }
     if SOCKET_VERDICTS.insert(cookie, memory, 0).is_err() {
         count(counter::ERR_SOCKET_UPDATE);
     }

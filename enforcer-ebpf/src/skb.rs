@@ -4,12 +4,10 @@
 //! destination, protocol, port and policy generation) costs one lookup; anything else is judged
 //! by its headers, with the socket's cgroup as the local identity and its creator as the actor.
 
-use core::mem::offset_of;
-
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, bpf_sock},
-    helpers::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock},
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_sk_fullsock},
     programs::SkBuffContext,
 };
 use enforcer_common::{
@@ -20,7 +18,7 @@ use enforcer_common::{
 
 use crate::{
     cgroup::{CgroupSource as _, SkbCgroup, source_identity},
-    ctx::field,
+    ctx::{field, sock},
     local::{LocalQuery, Owner, Place, owner_from_kernel, place},
     maps::{SOCKET_OWNERS, SOCKET_VERDICTS, count, runtime},
     report::{Actor, Flow, conclude, port_of, remember},
@@ -35,7 +33,6 @@ const DROP: i32 = 0;
 const ETH_P_IP: u32 = 0x0800_u16.to_be() as u32;
 const ETH_P_IPV6: u32 = 0x86dd_u16.to_be() as u32;
 const SOCK_STREAM: u32 = 1;
-const SK_TYPE: usize = offset_of!(bpf_sock, type_);
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -151,6 +148,22 @@ fn parse_ipv6(ctx: &SkBuffContext, packet: &mut Packet) -> Option<()> {
     Some(())
 }
 
+/// Whether a stream socket's packet is a TCP segment of an established flow (anything but a
+/// bare SYN), read with as few loads as possible: this is the cost of every established packet.
+/// Anything unusual (IPv6 extension headers, another protocol) takes the full path.
+#[inline(always)]
+fn established_segment(ctx: &SkBuffContext) -> bool {
+    let Some(first) = load::<u8>(ctx, 0) else {
+        return false;
+    };
+    let flags_at = match first >> 4 {
+        4 if load::<u8>(ctx, 9) == Some(protocol::TCP) => usize::from(first & 0x0f) * 4 + 13,
+        6 if load::<u8>(ctx, 6) == Some(protocol::TCP) => 40 + 13,
+        _ => return false,
+    };
+    load::<u8>(ctx, flags_at).is_some_and(|flags| flags & TCP_SYN == 0 || flags & TCP_ACK != 0)
+}
+
 /// Parses the network and transport headers into `packet`; `false` when they are not
 /// parseable. Its own BPF function, so its stack frame is not added to the judging one.
 #[inline(never)]
@@ -193,7 +206,13 @@ pub(crate) fn egress(ctx: &SkBuffContext) -> i32 {
         return DROP;
     }
     // SAFETY: `sk` is a non-null full socket and `type_` one of its fields.
-    let stream = unsafe { field::<_, SK_TYPE>(sk) } == SOCK_STREAM;
+    let stream = unsafe { field::<_, { sock::TYPE }>(sk) } == SOCK_STREAM;
+    // A stream's flow is judged at its SYN; what follows (and an accepted socket's replies) is
+    // the established flow.
+    if stream && established_segment(ctx) {
+        count(counter::ESTABLISHED);
+        return PASS;
+    }
     let cgroup_id = SkbCgroup(skb).id();
     let daemon = runtime().daemon_cgroup_id;
     if daemon != 0 && cgroup_id == daemon {
@@ -205,12 +224,11 @@ pub(crate) fn egress(ctx: &SkBuffContext) -> i32 {
         count(counter::ERR_PACKET);
         return DROP;
     }
-    // A stream's flow is judged at its SYN; what follows (and an accepted socket's replies) is
-    // the established flow.
     if stream
         && packet.protocol == protocol::TCP
         && (packet.tcp_flags & TCP_SYN == 0 || packet.tcp_flags & TCP_ACK != 0)
     {
+        // Behind IPv6 extension headers: still an established segment.
         count(counter::ESTABLISHED);
         return PASS;
     }
@@ -328,28 +346,28 @@ fn finish(
     memorable: bool,
 ) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
-    let cgroup_id = SkbCgroup(skb).id();
-    // SAFETY: hash map values are read-only copies for us.
-    let actor = match unsafe { SOCKET_OWNERS.get(cookie) } {
-        Some(owner) => Actor {
-            pid: owner.pid,
-            uid: owner.uid,
-            cgroup_id,
-            comm: owner.comm,
-            flags: EVENT_PROCESS_FROM_SOCKET,
-        },
-        None => Actor {
-            pid: 0,
-            // SAFETY: a helper call on the program's own context.
-            uid: unsafe { bpf_get_socket_uid(skb) },
-            cgroup_id,
-            comm: [0; 16],
-            flags: EVENT_NO_PROCESS,
-        },
+    let actor = || {
+        let cgroup_id = SkbCgroup(skb).id();
+        // SAFETY: hash map values are read-only copies for us.
+        match unsafe { SOCKET_OWNERS.get(cookie) } {
+            Some(owner) => Actor {
+                pid: owner.pid,
+                uid: owner.uid,
+                cgroup_id,
+                comm: owner.comm,
+                flags: EVENT_PROCESS_FROM_SOCKET,
+            },
+            None => Actor {
+                pid: 0,
+                // SAFETY: a helper call on the program's own context.
+                uid: unsafe { bpf_get_socket_uid(skb) },
+                cgroup_id,
+                comm: [0; 16],
+                flags: EVENT_NO_PROCESS,
+            },
+        }
     };
-    // SAFETY: a plain helper call.
-    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    let proceed = conclude(flow, decision, &actor, boot_ns);
+    let proceed = conclude(flow, decision, actor);
     if memorable {
         remember(cookie, flow, decision.verdict);
     }

@@ -4,8 +4,6 @@
 //! address each socket is bound to, so a local connection resolves to the workload whose socket
 //! the kernel will deliver it to. These hooks never refuse anything.
 
-use core::mem::offset_of;
-
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
@@ -16,23 +14,16 @@ use aya_ebpf::{
     programs::SockContext,
 };
 use enforcer_common::{
-    ListenerKey, ListenerValue, SocketOwner, counter, decide::fold_protocol, ipv4_mapped, protocol,
+    ListenerKey, ListenerValue, SocketOwner, counter, decide::fold_protocol, protocol,
 };
 
 use crate::{
-    ctx::{field, ipv6_bytes},
+    ctx::{bound_address, field, sock},
     maps::{LISTENER_KEYS, LISTENERS, SOCKET_OWNERS, SOCKET_VERDICTS, count},
 };
 
 /// Return value that lets the creation, bind or release proceed.
 const PROCEED: i32 = 1;
-const SK_PROTOCOL: usize = offset_of!(bpf_sock, protocol);
-const SK_SRC_IP4: usize = offset_of!(bpf_sock, src_ip4);
-const SK_SRC_IP6: usize = offset_of!(bpf_sock, src_ip6);
-const SK_SRC_IP6_1: usize = SK_SRC_IP6 + 4;
-const SK_SRC_IP6_2: usize = SK_SRC_IP6 + 8;
-const SK_SRC_IP6_3: usize = SK_SRC_IP6 + 12;
-const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
 
 /// Records the creator of a new inet socket.
 #[inline(always)]
@@ -63,34 +54,23 @@ fn key<const V6: bool>(ctx: &SockContext) -> Option<ListenerKey> {
     // SAFETY (all `field` calls): `sk` is the program's context and every offset a field of it.
     let (raw_protocol, port) = unsafe {
         (
-            field::<_, SK_PROTOCOL>(sk) as u8,
-            field::<_, SK_SRC_PORT>(sk) as u16,
+            field::<_, { sock::PROTOCOL }>(sk) as u8,
+            field::<_, { sock::SRC_PORT }>(sk) as u16,
         )
     };
     let folded = fold_protocol(raw_protocol);
     if port == 0 || (folded != protocol::TCP && folded != protocol::UDP) {
         return None;
     }
-    let v6 = V6;
-    let addr = if v6 {
-        ipv6_bytes(unsafe {
-            [
-                field::<_, SK_SRC_IP6>(sk),
-                field::<_, SK_SRC_IP6_1>(sk),
-                field::<_, SK_SRC_IP6_2>(sk),
-                field::<_, SK_SRC_IP6_3>(sk),
-            ]
-        })
-    } else {
-        ipv4_mapped(unsafe { field::<_, SK_SRC_IP4>(sk) }.to_ne_bytes())
-    };
+    // SAFETY: as above.
+    let addr = unsafe { bound_address(sk, V6) };
     Some(ListenerKey {
         // SAFETY: a helper call on the program's own context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         addr,
         port,
         protocol: folded,
-        family: if v6 { 6 } else { 4 },
+        family: if V6 { 6 } else { 4 },
         _pad: 0,
     })
 }

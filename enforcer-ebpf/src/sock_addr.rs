@@ -9,11 +9,7 @@ use core::mem::offset_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use enforcer_common::{
@@ -24,10 +20,10 @@ use enforcer_common::{
 
 use crate::{
     cgroup::{TaskCgroup, source_identity},
-    ctx::{field, ipv6_bytes},
+    ctx::{bound_address, field, ipv6_bytes, sock},
     local::{LocalQuery, Owner, Place, owner_from_bind, place},
     maps::{count, runtime},
-    report::{Actor, Flow, conclude, remember},
+    report::{Flow, conclude, remember},
     view::MapView,
 };
 
@@ -38,8 +34,6 @@ const VERDICT_DEFER: u8 = 0;
 const PROCEED: i32 = 1;
 const REFUSE: i32 = 0;
 
-const AF_INET6: u32 = 10;
-
 const USER_IP4: usize = offset_of!(bpf_sock_addr, user_ip4);
 const USER_IP6: usize = offset_of!(bpf_sock_addr, user_ip6);
 const USER_IP6_1: usize = USER_IP6 + 4;
@@ -47,13 +41,6 @@ const USER_IP6_2: usize = USER_IP6 + 8;
 const USER_IP6_3: usize = USER_IP6 + 12;
 const USER_PORT: usize = offset_of!(bpf_sock_addr, user_port);
 const PROTOCOL: usize = offset_of!(bpf_sock_addr, protocol);
-const SK_FAMILY: usize = offset_of!(bpf_sock, family);
-const SK_SRC_IP4: usize = offset_of!(bpf_sock, src_ip4);
-const SK_SRC_IP6: usize = offset_of!(bpf_sock, src_ip6);
-const SK_SRC_IP6_1: usize = SK_SRC_IP6 + 4;
-const SK_SRC_IP6_2: usize = SK_SRC_IP6 + 8;
-const SK_SRC_IP6_3: usize = SK_SRC_IP6 + 12;
-const SK_SRC_PORT: usize = offset_of!(bpf_sock, src_port);
 
 /// Judges one hook invocation; `V6` selects the address fields, which the verifier only lets each
 /// hook family read for its own family. Every path ends in `PROCEED` or `REFUSE` and bumps one
@@ -165,17 +152,7 @@ fn verdict(ctx: &SockAddrContext, flow: &Flow, decision: &Decision, cgroup_id: u
     if decision.verdict == VERDICT_DEFER {
         return PROCEED;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let actor = Actor {
-        pid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        cgroup_id,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        flags: 0,
-    };
-    // SAFETY: a plain helper call.
-    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    if conclude(flow, decision, &actor, boot_ns) {
+    if conclude(flow, decision, || crate::report::current_task(cgroup_id)) {
         // SAFETY: a helper call on the program's own context.
         remember(
             unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -198,19 +175,7 @@ fn source(ctx: &SockAddrContext) -> ([u8; 16], u16) {
     if sk.is_null() {
         return ([0; 16], 0);
     }
-    // SAFETY (all `field` calls here): `sk` is a non-null `bpf_sock` and every offset one of its
-    // fields.
-    let addr = if unsafe { field::<_, SK_FAMILY>(sk) } == AF_INET6 {
-        ipv6_bytes(unsafe {
-            [
-                field::<_, SK_SRC_IP6>(sk),
-                field::<_, SK_SRC_IP6_1>(sk),
-                field::<_, SK_SRC_IP6_2>(sk),
-                field::<_, SK_SRC_IP6_3>(sk),
-            ]
-        })
-    } else {
-        ipv4_mapped(unsafe { field::<_, SK_SRC_IP4>(sk) }.to_ne_bytes())
-    };
-    (addr, unsafe { field::<_, SK_SRC_PORT>(sk) } as u16)
+    // SAFETY: `sk` is a non-null `bpf_sock` of the context; the offsets are its fields.
+    let addr = unsafe { bound_address(sk, field::<_, { sock::FAMILY }>(sk) == sock::AF_INET6) };
+    (addr, unsafe { field::<_, { sock::SRC_PORT }>(sk) } as u16)
 }

@@ -135,20 +135,27 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     let mut failed = None;
+    let started = std::time::Instant::now();
     for (name, stage) in stages.drain(..) {
         say(&format!("stage: {name}"));
-        match stage() {
-            Ok(()) => results.push((name, "ok")),
+        let stage_started = std::time::Instant::now();
+        let outcome = stage();
+        let took = stage_started.elapsed();
+        match outcome {
+            Ok(()) => results.push((name, "ok", took)),
             Err(error) => {
-                results.push((name, "FAILED"));
+                results.push((name, "FAILED", took));
                 failed = Some(error);
                 break;
             }
         }
     }
-    say("summary:");
-    for (name, result) in &results {
-        println!("  {result:>6}  {name}");
+    say(&format!(
+        "summary ({:.0} s in all):",
+        started.elapsed().as_secs_f64()
+    ));
+    for (name, result, took) in &results {
+        println!("  {result:>6}  {:>6.1} s  {name}", took.as_secs_f64());
     }
     match failed {
         Some(error) => Err(error),
