@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod dump;
+pub mod image;
 mod ports;
 
 use std::{
@@ -225,8 +226,11 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
             if winner.outcome.failsafe {
                 flags |= RULE_FAILSAFE;
             }
+            // The kernel's own rule (explicit segment modes win over the global one, audit over
+            // enforce); an identity without info has no segment and no mode.
+            let info = |id: &u32| identity_info.get(id).copied().unwrap_or_default();
             if winner.outcome.verdict == VERDICT_DENY
-                && effective_audit(global_audit, &identity_info, *src, *dst)
+                && enforcer_common::decide::effective_audit(global_audit, &info(src), &info(dst))
             {
                 flags |= RULE_AUDIT;
             }
@@ -326,23 +330,6 @@ fn identity_info(
             (identity.id, info)
         })
         .collect()
-}
-
-/// Same rule as the kernel's: explicit segment modes win over the global one, audit over enforce.
-fn effective_audit(
-    global_audit: bool,
-    info: &BTreeMap<u32, IdentityInfo>,
-    src: u32,
-    dst: u32,
-) -> bool {
-    let flags = info.get(&src).map_or(0, |i| i.flags) | info.get(&dst).map_or(0, |i| i.flags);
-    if flags & IDENTITY_MODE_AUDIT != 0 {
-        true
-    } else if flags & IDENTITY_MODE_ENFORCE != 0 {
-        false
-    } else {
-        global_audit
-    }
 }
 
 fn endpoint_ids(
