@@ -18,7 +18,7 @@ pub mod maps {
     pub const ACTIVE_SLOT: &str = "ACTIVE_SLOT";
     /// `Array<SlotConfig>`, one entry per slot.
     pub const SLOT_CONFIG: &str = "SLOT_CONFIG";
-    /// `HashMap<CgroupKey, u32>`: cgroup v2 id → local identity.
+    /// `HashMap<CgroupKey, CgroupLabel>`: cgroup v2 id → local identity and hold flag.
     pub const CGROUP_IDENTITY: &str = "CGROUP_IDENTITY";
     /// `HashMap<AddrKey, AddrValue>`: exact host addresses (nodes, this node's own addresses).
     pub const ADDR_EXACT: &str = "ADDR_EXACT";
@@ -35,7 +35,9 @@ pub mod maps {
     /// `HashMap<ListenerKey, ListenerValue>`: local sockets by the exact address, port, protocol
     /// and family they are bound to, so that the socket the kernel finds for a connection
     /// (`bpf_sk_lookup_*`) is resolved to the workload that bound it. Kept by the kernel
-    /// (`post_bind4/6` add, `sock_release` removes) and seeded by the daemon; survives policy swaps.
+    /// (`post_bind4/6` add, `sock_release` removes); survives policy swaps. A socket it does not
+    /// know (bound before the programs were attached) is left to the packet layer, which asks the
+    /// kernel for the socket's cgroup.
     pub const LISTENERS: &str = "LISTENERS";
     /// `LruHashMap<u64, ListenerKey>`: socket cookie → its [`LISTENERS`] key, because
     /// `sock_release` may not read the port of the socket it releases.
@@ -107,8 +109,11 @@ pub mod protocol {
     }
 }
 
-/// Indexes into the per-CPU [`COUNTERS`](maps::COUNTERS) array. Every verdict path bumps exactly one
-/// verdict counter; error paths bump their own counter as well as [`DENIED`](counter::DENIED).
+/// Indexes into the per-CPU [`COUNTERS`](maps::COUNTERS) array. Every connection verdict bumps
+/// exactly one verdict counter (or [`REMEMBERED`](counter::REMEMBERED), [`ESTABLISHED`](counter::ESTABLISHED),
+/// [`SELF_EXEMPT`](counter::SELF_EXEMPT) for packets not judged again); error paths bump their own
+/// counter as well. Refusals that are not connections (packet sockets, source-routing options)
+/// bump only their own counter.
 pub mod counter {
     pub const ALLOWED: u32 = 0;
     pub const DENIED: u32 = 1;

@@ -136,7 +136,11 @@ fn parse_ipv6(ctx: &SkBuffContext, packet: &mut Packet) -> Option<()> {
         }
         step += 1;
     }
-    if step == MAX_EXTENSION_HEADERS {
+    if matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH
+    ) {
+        // Still inside extension headers: more than the walk reads. Fail closed.
         return None;
     }
     packet.protocol = next;
@@ -309,7 +313,7 @@ fn judge(ctx: &SkBuffContext, packet: &Packet, cookie: u64) -> i32 {
         },
         Place::ElsewhereOnNode => {
             let decision = Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT);
-            return finish(ctx, cookie, &flow, &decision, true);
+            return finish(ctx, cookie, &flow, &decision, false);
         }
     };
     if packet.source_routed
