@@ -19,7 +19,7 @@ use enforcer_common::{
 
 use crate::{
     ctx::{bound_address, field, sock},
-    maps::{LISTENER_KEYS, LISTENERS, SOCKET_OWNERS, SOCKET_VERDICTS, count},
+    maps::{LISTENER_KEYS, LISTENERS, SOCKET_OWNERS, count},
 };
 
 /// Return value that lets the creation, bind or release proceed.
@@ -95,17 +95,16 @@ pub(crate) fn record_bind<const V6: bool>(ctx: &SockContext) -> i32 {
     PROCEED
 }
 
-/// Forgets a socket when it goes away: its owner, its verdict memory, and its bound address
-/// (only if the entry is still its own: another socket may have bound the same address since,
-/// with SO_REUSEPORT).
+/// Forgets a socket's bound address when it goes away (only if the entry is still its own:
+/// another socket may have bound the same address since, with SO_REUSEPORT). Its owner and
+/// verdict memory are left to age out of their LRU maps: socket cookies are never reused, so a
+/// dead entry can never answer for another socket, and every close skips two map updates.
 #[inline(always)]
 pub(crate) fn forget(ctx: &SockContext) -> i32 {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Entries already gone are as good as removed.
-    let _ = SOCKET_OWNERS.remove(cookie);
-    let _ = SOCKET_VERDICTS.remove(cookie);
-    // SAFETY: the key is copied out before the entry is removed.
+    // SAFETY: the key is copied out before the entry is removed. Entries already gone are as
+    // good as removed.
     if let Some(key) = unsafe { LISTENER_KEYS.get(cookie) }.copied() {
         // SAFETY: as above.
         let ours = unsafe { LISTENERS.get(key) }.is_some_and(|v| v.socket_cookie == cookie);

@@ -43,6 +43,7 @@ pub mod ocsf;
 pub mod policy;
 pub mod privileges;
 pub mod probe;
+pub mod scenarios;
 
 pub use cgroup::CgroupDir;
 pub use daemon::{Daemon, DaemonArgs, EVENT_TIMEOUT, EarlyExit};

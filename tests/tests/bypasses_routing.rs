@@ -10,74 +10,39 @@ use std::{
 };
 
 use enforcer_tests::{
-    EVENT_TIMEOUT, Lab, Listener, Proto,
+    EVENT_TIMEOUT, Lab, Listener, Probe, ProbeOutcome, Proto,
     events::{self, Verdict},
     require_privileges,
+    scenarios::{
+        TCP, UDP, app_and_free_lab, app_free_and_db, assert_denial, assert_nothing_delivered,
+    },
 };
 use serde_json::Value;
 
 /// `app` (a segment member) may reach `db` (the server) on tcp/8080, udp/8080 and udp/53 only.
 /// `via` is a segmented server address nobody may reach; `plain` and `plain-via` are addresses in
 /// no segment, and `free` is a workload in none.
-const POLICY: &str = r#"
-[[workload]]
-name = "app"
-cgroup = "app"
-labels = { segment = "app" }
-
-[[workload]]
-name = "free"
-cgroup = "free"
-labels = { app = "free" }
-
-[[peer]]
-name = "db"
-cidrs = ["${SERVER4}/32", "${SERVER6}/128"]
-labels = { segment = "db" }
-
-[[peer]]
-name = "via"
-cidrs = ["${NET4}.40.9/32", "${NET6}:40::9/128"]
-labels = { segment = "via" }
-
-[[peer]]
-name = "plain"
-cidrs = ["${NET4}.60.9/32", "${NET4}.61.9/32", "${NET6}:60::9/128", "${NET6}:61::9/128"]
-labels = { zone = "plain" }
-
-[[segment]]
-name = "app-seg"
-select = { segment = "app" }
-
-[[segment]]
-name = "db-seg"
-select = { segment = "db" }
-
-[[segment]]
-name = "via-seg"
-select = { segment = "via" }
-
-[[allow]]
-from = "app-seg"
-to = "db-seg"
-ports = ["tcp/8080", "udp/8080", "udp/53"]
-"#;
-
-const TCP: u64 = 6;
-const UDP: u64 = 17;
-
 fn lab() -> Lab {
-    Lab::builder()
-        .workload("app")
-        .workload("free")
-        .server_addr("${NET4}.40.9")
-        .server_addr("${NET4}.60.9")
-        .server_addr("${NET4}.61.9")
-        .server_addr("${NET6}:40::9")
-        .server_addr("${NET6}:60::9")
-        .server_addr("${NET6}:61::9")
-        .policy("main.toml", POLICY)
-        .start()
+    let plain = [
+        "${NET4}.60.9/32",
+        "${NET4}.61.9/32",
+        "${NET6}:60::9/128",
+        "${NET6}:61::9/128",
+    ];
+    let policy = app_free_and_db()
+        .member_peer("via", &["${NET4}.40.9/32", "${NET6}:40::9/128"])
+        .peer("plain", &plain, r#"{ zone = "plain" }"#)
+        .segment("via")
+        .allow("app-seg", "db-seg", &["tcp/8080", "udp/8080", "udp/53"]);
+    let servers = [
+        "${NET4}.40.9",
+        "${NET4}.60.9",
+        "${NET4}.61.9",
+        "${NET6}:40::9",
+        "${NET6}:60::9",
+        "${NET6}:61::9",
+    ];
+    app_and_free_lab(&servers, &policy)
 }
 
 /// The denial event to `ip:port` over `protocol`, from `app` to `dst`.
@@ -89,23 +54,29 @@ fn denial(lab: &Lab, ip: IpAddr, port: u16, protocol: u64, dst: &str) -> Value {
 /// Like [`denial`], for an event to any of `ips` (one destination written in several forms).
 #[track_caller]
 fn denial_to(lab: &Lab, ips: &[IpAddr], port: u16, protocol: u64, dst: &str) -> Value {
-    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
-        ips.iter().any(|ip| events::is_to(e, *ip, Some(port)))
-            && events::try_field(e, "connection_info.protocol_num").and_then(Value::as_u64)
-                == Some(protocol)
-    });
-    events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_names(&ev, "app", dst);
-    ev
+    assert_denial(lab, ips, Some(port), Some(protocol), "app", dst)
 }
 
+/// The denial of a datagram from `app` to `db:53` sent by way of `via`: reported for whichever
+/// of the two the packet was addressed to when it was dropped.
 #[track_caller]
-fn assert_nothing_delivered(listener: &Listener, what: &str) {
-    assert!(
-        listener.peers().is_empty(),
-        "{what} was delivered: {:?}",
-        listener.peers()
-    );
+fn denial_via(lab: &Lab, via: IpAddr, db: IpAddr) {
+    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
+        events::is_to(e, via, Some(53)) || events::is_to(e, db, Some(53))
+    });
+    events::assert_verdict(&ev, Verdict::Denied);
+    let dst = if events::is_to(&ev, via, None) {
+        "via"
+    } else {
+        "db"
+    };
+    events::assert_names(&ev, "app", dst);
+}
+
+/// Control: `app` reaches `db:53` over plain UDP, which `dns` receives.
+fn udp_to_dns_is_delivered(lab: &Lab, db: IpAddr, dns: &Listener) {
+    lab.probe("app").udp_sendto(db, 53).assert_ok();
+    dns.wait_for_peers(1, EVENT_TIMEOUT);
 }
 
 /// Loads `ruleset` into the lab's client namespace with `nft -f -`: the workload's own netns,
@@ -151,8 +122,13 @@ fn dnat_8080_to_22(lab: &Lab, l4: &str) {
     );
 }
 
-#[test]
-fn dnat_in_the_workloads_netns_cannot_redirect_tcp_to_a_denied_port() {
+/// A probe action towards one address and port.
+type Attempt = fn(&Probe, IpAddr, u16) -> ProbeOutcome;
+
+/// `send` reaches `db:8080` over `proto` until a DNAT rule in the workload's netns rewrites it to
+/// port 22: then `refused` holds of the outcome, and the packet is dropped and reported for the
+/// port it reaches.
+fn dnat_cannot_redirect(proto: Proto, send: Attempt, refused: fn(&ProbeOutcome), what: &str) {
     if !require_privileges() {
         return;
     }
@@ -160,58 +136,64 @@ fn dnat_in_the_workloads_netns_cannot_redirect_tcp_to_a_denied_port() {
     let servers = [lab.server4(), lab.server6()];
     let listeners: Vec<(Listener, Listener)> = servers
         .iter()
-        .map(|&s| {
-            (
-                lab.listen(Proto::Tcp, s, 8080),
-                lab.listen(Proto::Tcp, s, 22),
-            )
-        })
+        .map(|&s| (lab.listen(proto, s, 8080), lab.listen(proto, s, 22)))
         .collect();
-    // Without the rule, tcp/8080 is allowed and reaches its listener.
+    // Without the rule, port 8080 is allowed and reaches its listener.
     for (&server, (allowed, _)) in servers.iter().zip(&listeners) {
-        lab.probe("app").tcp_connect(server, 8080).assert_ok();
+        send(&lab.probe("app"), server, 8080).assert_ok();
         allowed.wait_for_peers(1, EVENT_TIMEOUT);
     }
-    dnat_8080_to_22(&lab, "tcp");
+    let (l4, number) = if matches!(proto, Proto::Tcp) {
+        ("tcp", TCP)
+    } else {
+        ("udp", UDP)
+    };
+    dnat_8080_to_22(&lab, l4);
     for (&server, (_, ssh)) in servers.iter().zip(&listeners) {
-        // The SYN, rewritten to port 22 after the connect hook, is dropped: a timeout (or EPERM),
-        // never a connection.
-        let outcome = lab.probe("app").tcp_connect(server, 8080);
-        assert!(
-            !outcome.is_ok(),
-            "a connection DNAT'd to the denied tcp/22 got through: {outcome}"
-        );
-        assert_nothing_delivered(ssh, "a SYN DNAT'd to tcp/22");
-        denial(&lab, server, 22, TCP, "db");
+        refused(&send(&lab.probe("app"), server, 8080));
+        denial(&lab, server, 22, number, "db");
+        assert_nothing_delivered(ssh, what);
     }
 }
 
 #[test]
+fn dnat_in_the_workloads_netns_cannot_redirect_tcp_to_a_denied_port() {
+    // The SYN, rewritten to port 22 after the connect hook, is dropped: a timeout (or EPERM),
+    // never a connection.
+    let refused = |outcome: &ProbeOutcome| {
+        assert!(
+            !outcome.is_ok(),
+            "a connection DNAT'd to the denied tcp/22 got through: {outcome}"
+        );
+    };
+    dnat_cannot_redirect(
+        Proto::Tcp,
+        Probe::tcp_connect,
+        refused,
+        "a SYN DNAT'd to tcp/22",
+    );
+}
+
+#[test]
 fn dnat_in_the_workloads_netns_cannot_redirect_udp_to_a_denied_port() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    let servers = [lab.server4(), lab.server6()];
-    let listeners: Vec<(Listener, Listener)> = servers
-        .iter()
-        .map(|&s| {
-            (
-                lab.listen(Proto::Udp, s, 8080),
-                lab.listen(Proto::Udp, s, 22),
-            )
-        })
-        .collect();
-    for (&server, (allowed, _)) in servers.iter().zip(&listeners) {
-        lab.probe("app").udp_sendto(server, 8080).assert_ok();
-        allowed.wait_for_peers(1, EVENT_TIMEOUT);
-    }
-    dnat_8080_to_22(&lab, "udp");
-    for (&server, (_, ssh)) in servers.iter().zip(&listeners) {
-        lab.probe("app").udp_sendto(server, 8080).assert_denied();
-        denial(&lab, server, 22, UDP, "db");
-        assert_nothing_delivered(ssh, "a datagram DNAT'd to udp/22");
-    }
+    dnat_cannot_redirect(
+        Proto::Udp,
+        Probe::udp_sendto,
+        |outcome| {
+            outcome.assert_denied();
+        },
+        "a datagram DNAT'd to udp/22",
+    );
+}
+
+/// `outcome` is a refusal, by the setsockopt that would set `what`.
+#[track_caller]
+fn assert_refused_at_setsockopt(outcome: &ProbeOutcome, what: &str) {
+    outcome.assert_denied();
+    assert!(
+        outcome.stderr.contains("setsockopt"),
+        "{what} must be refused at setsockopt: {outcome}"
+    );
 }
 
 /// IPv6 routing header types: 4 (segment routing) is the one this kernel takes by setsockopt;
@@ -229,16 +211,11 @@ fn ipv6_routing_header_is_refused_to_segment_members() {
     let dns = lab.listen(Proto::Udp, db, 53);
 
     // The socket kind itself is fine: the member reaches udp/53 without a routing header.
-    lab.probe("app").udp_sendto(db, 53).assert_ok();
-    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    udp_to_dns_is_delivered(&lab, db, &dns);
 
     // Judged for db:53, a segment routing header would send the packet to `via` first.
     let outcome = lab.probe("app").udp_rthdr(SEGMENT_ROUTING, via, db, 53);
-    outcome.assert_denied();
-    assert!(
-        outcome.stderr.contains("setsockopt"),
-        "the routing header must be refused at setsockopt: {outcome}"
-    );
+    assert_refused_at_setsockopt(&outcome, "the routing header");
     // Whatever header type: a member gets none (this kernel refuses type 2 itself, EINVAL).
     let mip6 = lab.probe("app").udp_rthdr(MOBILE_IPV6, via, db, 53);
     assert!(
@@ -269,16 +246,7 @@ fn ipv6_routing_header_as_a_control_message_does_not_pass() {
             // Sent with the header, the packet goes to `via` first: dropped there and reported.
             "EPERM" => {
                 outcome.assert_denied();
-                let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
-                    events::is_to(e, via, Some(53)) || events::is_to(e, db, Some(53))
-                });
-                events::assert_verdict(&ev, Verdict::Denied);
-                let dst = if events::is_to(&ev, via, None) {
-                    "via"
-                } else {
-                    "db"
-                };
-                events::assert_names(&ev, "app", dst);
+                denial_via(&lab, via, db);
             }
             // Kernels without CONFIG_IPV6_MIP6 take no routing header as a control message.
             "EINVAL" => println!("type-{kind} IPV6_RTHDR control message: EINVAL from this kernel"),
@@ -288,8 +256,7 @@ fn ipv6_routing_header_as_a_control_message_does_not_pass() {
     assert_nothing_delivered(&dns, "a datagram with a routing header");
     assert_nothing_delivered(&at_via, "a datagram with a routing header");
     // Control: the same sendmsg path without the header.
-    lab.probe("app").udp_sendto(db, 53).assert_ok();
-    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    udp_to_dns_is_delivered(&lab, db, &dns);
 }
 
 #[test]
@@ -300,18 +267,12 @@ fn ipv4_source_route_is_refused_to_segment_members() {
     let lab = lab();
     let (db, via) = (lab.server4(), lab.ip("${NET4}.40.9"));
     let dns = lab.listen(Proto::Udp, db, 53);
-
-    lab.probe("app").udp_sendto(db, 53).assert_ok();
-    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    udp_to_dns_is_delivered(&lab, db, &dns);
 
     // Judged for db:53, the datagram would go to `via` first.
     for kind in ["lsrr", "ssrr"] {
         let outcome = lab.probe("app").udp_srr(kind, via, db, 53);
-        outcome.assert_denied();
-        assert!(
-            outcome.stderr.contains("setsockopt"),
-            "the source route must be refused at setsockopt: {outcome}"
-        );
+        assert_refused_at_setsockopt(&outcome, "the source route");
     }
     let (plain, plain_via) = (lab.ip("${NET4}.60.9"), lab.ip("${NET4}.61.9"));
     lab.probe("free")
@@ -332,21 +293,11 @@ fn ipv4_source_route_as_a_control_message_is_dropped() {
     // the packet itself, addressed to `via`, is what is judged.
     let outcome = lab.probe("app").udp_srr_cmsg("lsrr", via, db, 53);
     outcome.assert_denied();
-    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
-        events::is_to(e, via, Some(53)) || events::is_to(e, db, Some(53))
-    });
-    events::assert_verdict(&ev, Verdict::Denied);
-    let dst = if events::is_to(&ev, via, None) {
-        "via"
-    } else {
-        "db"
-    };
-    events::assert_names(&ev, "app", dst);
+    denial_via(&lab, via, db);
     assert_nothing_delivered(&dns, "a datagram with a source route");
 
     // Control: the same path without the option, and the option between unsegmented ends.
-    lab.probe("app").udp_sendto(db, 53).assert_ok();
-    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    udp_to_dns_is_delivered(&lab, db, &dns);
     let (plain, plain_via) = (lab.ip("${NET4}.60.9"), lab.ip("${NET4}.61.9"));
     lab.probe("free")
         .udp_srr_cmsg("lsrr", plain_via, plain, 53)
@@ -376,8 +327,7 @@ fn ipv4_mapped_destinations_are_judged_as_ipv4() {
 
     lab.probe("app").tcp_connect(via_v6, 8080).assert_ok();
     web.wait_for_peers(1, EVENT_TIMEOUT);
-    lab.probe("app").udp_sendto(via_v6, 53).assert_ok();
-    dns.wait_for_peers(1, EVENT_TIMEOUT);
+    udp_to_dns_is_delivered(&lab, via_v6, &dns);
 
     lab.probe("app").tcp_connect(via_v6, 9090).assert_denied();
     let ev = denial_to(&lab, &[db, via_v6], 9090, TCP, "db");
@@ -393,8 +343,13 @@ fn ipv4_mapped_destinations_are_judged_as_ipv4() {
     assert_nothing_delivered(&ntp, "a denied datagram to an IPv4-mapped address");
 }
 
-#[test]
-fn sendto_another_address_on_a_connected_udp_socket_is_judged() {
+/// A probe action sending a first datagram to one address and port and a second to another.
+type SendTwo = fn(&Probe, IpAddr, u16, IpAddr, u16) -> ProbeOutcome;
+
+/// `send` to `db`, over both families: udp/53 then udp/8080 both arrive; udp/53 then udp/123 is
+/// refused and reported, and udp/123 receives nothing. Where `first_arrives`, the udp/53 datagram
+/// of the second attempt arrives too.
+fn second_destination_is_judged(send: SendTwo, first_arrives: bool, what: &str) {
     if !require_privileges() {
         return;
     }
@@ -404,70 +359,45 @@ fn sendto_another_address_on_a_connected_udp_socket_is_judged() {
         let alt = lab.listen(Proto::Udp, db, 8080);
         let ntp = lab.listen(Proto::Udp, db, 123);
 
-        // Connected to udp/53, sending to the allowed udp/8080: both arrive.
-        lab.probe("app")
-            .udp_connected_sendto(db, 53, db, 8080)
-            .assert_ok();
+        send(&lab.probe("app"), db, 53, db, 8080).assert_ok();
         dns.wait_for_peers(1, EVENT_TIMEOUT);
         alt.wait_for_peers(1, EVENT_TIMEOUT);
 
-        lab.probe("app")
-            .udp_connected_sendto(db, 53, db, 123)
-            .assert_denied();
+        send(&lab.probe("app"), db, 53, db, 123).assert_denied();
         denial(&lab, db, 123, UDP, "db");
-        assert_nothing_delivered(&ntp, "a sendto past the connected address");
-        // The connected send of each attempt arrives.
-        dns.wait_for_peers(2, EVENT_TIMEOUT);
+        if first_arrives {
+            dns.wait_for_peers(2, EVENT_TIMEOUT);
+        }
+        assert_nothing_delivered(&ntp, what);
     }
+}
+
+#[test]
+fn sendto_another_address_on_a_connected_udp_socket_is_judged() {
+    // Connected to udp/53, sending to another port: the connected send of each attempt arrives.
+    second_destination_is_judged(
+        Probe::udp_connected_sendto,
+        true,
+        "a sendto past the connected address",
+    );
 }
 
 #[test]
 fn sendto_after_connect_af_unspec_is_judged() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for db in [lab.server4(), lab.server6()] {
-        let dns = lab.listen(Proto::Udp, db, 53);
-        let alt = lab.listen(Proto::Udp, db, 8080);
-        let ntp = lab.listen(Proto::Udp, db, 123);
-
-        lab.probe("app")
-            .udp_unspec_sendto(db, 53, db, 8080)
-            .assert_ok();
-        dns.wait_for_peers(1, EVENT_TIMEOUT);
-        alt.wait_for_peers(1, EVENT_TIMEOUT);
-
-        // The verdict for the connected udp/53 does not outlive the disconnect.
-        lab.probe("app")
-            .udp_unspec_sendto(db, 53, db, 123)
-            .assert_denied();
-        denial(&lab, db, 123, UDP, "db");
-        assert_nothing_delivered(&ntp, "a sendto after connect(AF_UNSPEC)");
-    }
+    // The verdict for the connected udp/53 does not outlive the disconnect.
+    second_destination_is_judged(
+        Probe::udp_unspec_sendto,
+        false,
+        "a sendto after connect(AF_UNSPEC)",
+    );
 }
 
 #[test]
 fn sendmmsg_judges_each_datagram() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for db in [lab.server4(), lab.server6()] {
-        let dns = lab.listen(Proto::Udp, db, 53);
-        let alt = lab.listen(Proto::Udp, db, 8080);
-        let ntp = lab.listen(Proto::Udp, db, 123);
-
-        lab.probe("app").udp_sendmmsg(db, 53, db, 8080).assert_ok();
-        dns.wait_for_peers(1, EVENT_TIMEOUT);
-        alt.wait_for_peers(1, EVENT_TIMEOUT);
-
-        // The first datagram (allowed) goes, the second (denied) does not.
-        lab.probe("app")
-            .udp_sendmmsg(db, 53, db, 123)
-            .assert_denied();
-        denial(&lab, db, 123, UDP, "db");
-        dns.wait_for_peers(2, EVENT_TIMEOUT);
-        assert_nothing_delivered(&ntp, "the denied datagram of a sendmmsg");
-    }
+    // The first datagram (allowed) goes, the second (denied) does not.
+    second_destination_is_judged(
+        Probe::udp_sendmmsg,
+        true,
+        "the denied datagram of a sendmmsg",
+    );
 }

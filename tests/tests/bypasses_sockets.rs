@@ -6,89 +6,38 @@
 //! it, and the same socket kind reaching an allowed destination, so that none can pass by blocking
 //! everything.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::Path};
 
 use enforcer_tests::{
-    EVENT_TIMEOUT, Lab, Probe, ProbeOutcome, Proto,
-    events::{self, Verdict},
-    require_privileges,
+    EVENT_TIMEOUT, Lab, Probe, ProbeOutcome, Proto, events, require_privileges,
+    scenarios::{
+        PolicyText, TCP, UDP, UDPLITE, app_and_free_lab, app_free_and_db, assert_denial,
+        assert_nothing_delivered,
+    },
 };
 use serde_json::Value;
 
+/// A probe action towards one address and port.
+type Attempt = fn(&Probe, IpAddr, u16) -> ProbeOutcome;
+
 /// `app` (a segment member) may reach `db` (the server) on udp/53 and tcp/8080 only, `open` on
 /// `any`, `echo` on `icmp` only. `free` is in no segment.
-const POLICY: &str = r#"
-[[workload]]
-name = "app"
-cgroup = "app"
-labels = { segment = "app" }
-
-[[workload]]
-name = "free"
-cgroup = "free"
-labels = { app = "free" }
-
-[[peer]]
-name = "db"
-cidrs = ["${SERVER4}/32", "${SERVER6}/128"]
-labels = { segment = "db" }
-
-[[peer]]
-name = "open"
-cidrs = ["${NET4}.40.9/32", "${NET6}:40::9/128"]
-labels = { segment = "open" }
-
-[[peer]]
-name = "echo"
-cidrs = ["${NET4}.50.9/32", "${NET6}:50::9/128"]
-labels = { segment = "echo" }
-
-[[segment]]
-name = "app-seg"
-select = { segment = "app" }
-
-[[segment]]
-name = "db-seg"
-select = { segment = "db" }
-
-[[segment]]
-name = "open-seg"
-select = { segment = "open" }
-
-[[segment]]
-name = "echo-seg"
-select = { segment = "echo" }
-
-[[allow]]
-from = "app-seg"
-to = "db-seg"
-ports = ["udp/53", "tcp/8080"]
-
-[[allow]]
-from = "app-seg"
-to = "open-seg"
-ports = ["any"]
-
-[[allow]]
-from = "app-seg"
-to = "echo-seg"
-ports = ["icmp"]
-"#;
-
-const TCP: u64 = 6;
-const UDP: u64 = 17;
-const UDPLITE: u64 = 136;
-
 fn lab() -> Lab {
-    Lab::builder()
-        .workload("app")
-        .workload("free")
-        .server_addr("${NET4}.40.9")
-        .server_addr("${NET6}:40::9")
-        .server_addr("${NET4}.50.9")
-        .server_addr("${NET6}:50::9")
-        .policy("main.toml", POLICY)
-        .start()
+    let policy = app_free_and_db()
+        .member_peer("open", &["${NET4}.40.9/32", "${NET6}:40::9/128"])
+        .member_peer("echo", &["${NET4}.50.9/32", "${NET6}:50::9/128"])
+        .segment("open")
+        .segment("echo")
+        .allow("app-seg", "db-seg", &["udp/53", "tcp/8080"])
+        .allow("app-seg", "open-seg", &["any"])
+        .allow("app-seg", "echo-seg", &["icmp"]);
+    let servers = [
+        "${NET4}.40.9",
+        "${NET6}:40::9",
+        "${NET4}.50.9",
+        "${NET6}:50::9",
+    ];
+    app_and_free_lab(&servers, &policy)
 }
 
 /// The server's address in `db`, `open` or `echo` of the family of `v4`.
@@ -108,13 +57,7 @@ fn addr(lab: &Lab, name: &str, v4: bool) -> IpAddr {
 /// The denial event to `ip` (and `port`) over IP protocol `protocol`, from `app` to `dst`.
 #[track_caller]
 fn denial(lab: &Lab, ip: IpAddr, port: Option<u16>, protocol: u64, dst: &str) -> Value {
-    let ev = lab.daemon().wait_for_event(EVENT_TIMEOUT, |e| {
-        events::is_to(e, ip, port)
-            && events::try_field(e, "connection_info.protocol_num").and_then(Value::as_u64)
-                == Some(protocol)
-    });
-    events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_names(&ev, "app", dst);
+    let ev = assert_denial(lab, &[ip], port, Some(protocol), "app", dst);
     let version = if ip.is_ipv4() { 4 } else { 6 };
     assert_eq!(
         events::u64_at(&ev, "connection_info.protocol_ver_id"),
@@ -124,55 +67,38 @@ fn denial(lab: &Lab, ip: IpAddr, port: Option<u16>, protocol: u64, dst: &str) ->
     ev
 }
 
-#[track_caller]
-fn assert_nothing_delivered(listener: &enforcer_tests::Listener, what: &str) {
-    assert!(
-        listener.peers().is_empty(),
-        "{what} was delivered: {:?}",
-        listener.peers()
-    );
+/// UDP-Lite through `send`, over both families: `any` lets it through (the listener receives it),
+/// udp/53 does not name it (POLICY.md: other protocols match only `any`).
+fn udplite_is_judged(send: Attempt, what: &str) {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    for v4 in [true, false] {
+        let (db, open) = (addr(&lab, "db", v4), addr(&lab, "open", v4));
+        let denied = lab.listen(Proto::UdpLite, db, 53);
+        let allowed = lab.listen(Proto::UdpLite, open, 53);
+
+        send(&lab.probe("app"), open, 53).assert_ok();
+        allowed.wait_for_peers(1, EVENT_TIMEOUT);
+
+        send(&lab.probe("app"), db, 53).assert_denied();
+        denial(&lab, db, Some(53), UDPLITE, "db");
+        assert_nothing_delivered(&denied, what);
+    }
 }
 
 #[test]
 fn udplite_connect_and_send_is_judged_as_udplite() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for v4 in [true, false] {
-        let (db, open) = (addr(&lab, "db", v4), addr(&lab, "open", v4));
-        let denied = lab.listen(Proto::UdpLite, db, 53);
-        let allowed = lab.listen(Proto::UdpLite, open, 53);
-
-        // `any` lets UDP-Lite through: the listener receives it.
-        lab.probe("app").udplite_connect(open, 53).assert_ok();
-        allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-        // udp/53 does not name UDP-Lite (POLICY.md: other protocols match only `any`).
-        lab.probe("app").udplite_connect(db, 53).assert_denied();
-        denial(&lab, db, Some(53), UDPLITE, "db");
-        assert_nothing_delivered(&denied, "a denied UDP-Lite datagram (connect, send)");
-    }
+    udplite_is_judged(
+        Probe::udplite_connect,
+        "a denied UDP-Lite datagram (connect, send)",
+    );
 }
 
 #[test]
 fn udplite_unconnected_sendto_is_judged_as_udplite() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for v4 in [true, false] {
-        let (db, open) = (addr(&lab, "db", v4), addr(&lab, "open", v4));
-        let denied = lab.listen(Proto::UdpLite, db, 53);
-        let allowed = lab.listen(Proto::UdpLite, open, 53);
-
-        lab.probe("app").udplite_sendto(open, 53).assert_ok();
-        allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-        lab.probe("app").udplite_sendto(db, 53).assert_denied();
-        denial(&lab, db, Some(53), UDPLITE, "db");
-        assert_nothing_delivered(&denied, "a denied UDP-Lite datagram (sendto)");
-    }
+    udplite_is_judged(Probe::udplite_sendto, "a denied UDP-Lite datagram (sendto)");
 }
 
 /// The passed-in socket and packet-socket layers are BPF LSM programs: they apply only where the
@@ -235,76 +161,72 @@ fn raw_tcp_syn_to_a_denied_port_is_dropped() {
     }
 }
 
-/// A probe in the client namespace but in no cgroup of the managed tree: the test's own.
-fn outsider(lab: &Lab) -> Probe {
-    Probe::new(None, Some(lab.client_ns().name()))
-}
+/// A socket made by a probe in the client namespace but in no cgroup of the managed tree (the
+/// test's own), used in `app`'s cgroup.
+type UsePassedIn = fn(&Probe, &Path, IpAddr, u16) -> ProbeOutcome;
 
-fn app_cgroup(lab: &Lab) -> PathBuf {
-    lab.cgroup_root().join("app")
-}
+/// A passed-in socket, used by `app`, reaches `db` on `allowed` and not on `denied`; the event's
+/// process is the one that used the socket, not the one that made it.
+fn passed_in_socket_is_judged(proto: Proto, use_it: UsePassedIn, ports: (u16, u16), what: &str) {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    if !lsm_applies(&lab) {
+        return;
+    }
+    let (db, (allowed_port, denied_port)) = (lab.server4(), ports);
+    let allowed = lab.listen(proto, db, allowed_port);
+    let denied = lab.listen(proto, db, denied_port);
+    let outsider = Probe::new(None, Some(lab.client_ns().name()));
+    let app_cgroup = lab.cgroup_root().join("app");
 
-/// The event's process is the one that used the socket, not the one that made it.
-#[track_caller]
-fn assert_actor(ev: &Value, outcome: &ProbeOutcome) {
+    use_it(&outsider, &app_cgroup, db, allowed_port).assert_ok();
+    allowed.wait_for_peers(1, EVENT_TIMEOUT);
+
+    let outcome = use_it(&outsider, &app_cgroup, db, denied_port);
+    outcome.assert_denied();
+    let number = if matches!(proto, Proto::Tcp) {
+        TCP
+    } else {
+        UDP
+    };
+    let ev = denial(&lab, db, Some(denied_port), number, "db");
     assert_eq!(
-        events::u64_at(ev, "actor.process.pid"),
+        events::u64_at(&ev, "actor.process.pid"),
         u64::from(outcome.pid),
         "the event names the process that used the passed-in socket: {ev:#}"
     );
+    assert_nothing_delivered(&denied, what);
 }
 
 #[test]
 fn passed_in_tcp_socket_is_judged_for_the_workload_using_it() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    if !lsm_applies(&lab) {
-        return;
-    }
-    let db = lab.server4();
-    let allowed = lab.listen(Proto::Tcp, db, 8080);
-    let denied = lab.listen(Proto::Tcp, db, 9090);
-
-    outsider(&lab)
-        .passed_tcp_connect(&app_cgroup(&lab), db, 8080)
-        .assert_ok();
-    allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-    let outcome = outsider(&lab).passed_tcp_connect(&app_cgroup(&lab), db, 9090);
-    outcome.assert_denied();
-    assert_nothing_delivered(&denied, "a connection on a passed-in socket");
-    let ev = denial(&lab, db, Some(9090), TCP, "db");
-    assert_actor(&ev, &outcome);
+    passed_in_socket_is_judged(
+        Proto::Tcp,
+        Probe::passed_tcp_connect,
+        (8080, 9090),
+        "a connection on a passed-in socket",
+    );
 }
 
 #[test]
 fn passed_in_udp_socket_is_judged_for_the_workload_using_it() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    if !lsm_applies(&lab) {
-        return;
-    }
-    let db = lab.server4();
-    let allowed = lab.listen(Proto::Udp, db, 53);
-    let denied = lab.listen(Proto::Udp, db, 123);
-
-    outsider(&lab)
-        .passed_udp_sendto(&app_cgroup(&lab), db, 53)
-        .assert_ok();
-    allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-    let outcome = outsider(&lab).passed_udp_sendto(&app_cgroup(&lab), db, 123);
-    outcome.assert_denied();
-    let ev = denial(&lab, db, Some(123), UDP, "db");
-    assert_actor(&ev, &outcome);
-    assert_nothing_delivered(&denied, "a datagram on a passed-in socket");
+    passed_in_socket_is_judged(
+        Proto::Udp,
+        Probe::passed_udp_sendto,
+        (53, 123),
+        "a datagram on a passed-in socket",
+    );
 }
 
-const PACKET_KINDS: [&str; 3] = ["packet-raw", "packet-dgram", "inet-packet"];
+/// In every packet-socket kind, `refused` is refused and `allowed` is not.
+fn assert_packet_sockets(lab: &Lab, refused: &str, allowed: &str) {
+    for kind in ["packet-raw", "packet-dgram", "inet-packet"] {
+        lab.probe(refused).packet_socket(kind).assert_denied();
+        lab.probe(allowed).packet_socket(kind).assert_ok();
+    }
+}
 
 #[test]
 fn packet_sockets_are_refused_to_segment_members_only() {
@@ -312,12 +234,8 @@ fn packet_sockets_are_refused_to_segment_members_only() {
         return;
     }
     let lab = lab();
-    if !lsm_applies(&lab) {
-        return;
-    }
-    for kind in PACKET_KINDS {
-        lab.probe("app").packet_socket(kind).assert_denied();
-        lab.probe("free").packet_socket(kind).assert_ok();
+    if lsm_applies(&lab) {
+        assert_packet_sockets(&lab, "app", "free");
     }
 }
 
@@ -326,42 +244,24 @@ fn packet_sockets_allow_exempts_a_segment() {
     if !require_privileges() {
         return;
     }
-    let policy = r#"
-[[workload]]
-name = "app"
-cgroup = "app"
-labels = { segment = "app" }
-
-[[workload]]
-name = "capture"
-cgroup = "capture"
-labels = { segment = "tap" }
-
-[[segment]]
-name = "app-seg"
-select = { segment = "app" }
-
-[[segment]]
-name = "tap-seg"
-select = { segment = "tap" }
-packet_sockets = "allow"
-"#;
+    let policy = PolicyText::new()
+        .member("app")
+        .workload("capture", r#"{ segment = "tap" }"#)
+        .segment("app")
+        .segment_with("tap", &[r#"packet_sockets = "allow""#]);
     let lab = Lab::builder()
         .workload("app")
         .workload("capture")
-        .policy("main.toml", policy)
+        .policy("main.toml", policy.as_str())
         .start();
-    if !lsm_applies(&lab) {
-        return;
-    }
-    for kind in PACKET_KINDS {
-        lab.probe("capture").packet_socket(kind).assert_ok();
-        lab.probe("app").packet_socket(kind).assert_denied();
+    if lsm_applies(&lab) {
+        assert_packet_sockets(&lab, "app", "capture");
     }
 }
 
-#[test]
-fn tcp_fast_open_is_judged_like_connect() {
+/// `connect` reaches tcp/8080 and not tcp/9090, over both families. `unsupported` looks at the
+/// first outcome and says whether this kernel cannot make the socket at all (the test stops).
+fn judged_like_connect(connect: Attempt, what: &str, unsupported: fn(&ProbeOutcome) -> bool) {
     if !require_privileges() {
         return;
     }
@@ -371,13 +271,26 @@ fn tcp_fast_open_is_judged_like_connect() {
         let allowed = lab.listen(Proto::Tcp, db, 8080);
         let denied = lab.listen(Proto::Tcp, db, 9090);
 
-        lab.probe("app").tcp_fastopen(db, 8080).assert_ok();
+        let control = connect(&lab.probe("app"), db, 8080);
+        if unsupported(&control) {
+            return;
+        }
+        control.assert_ok();
         allowed.wait_for_peers(1, EVENT_TIMEOUT);
 
-        lab.probe("app").tcp_fastopen(db, 9090).assert_denied();
+        connect(&lab.probe("app"), db, 9090).assert_denied();
         denial(&lab, db, Some(9090), TCP, "db");
-        assert_nothing_delivered(&denied, "a denied TCP Fast Open connection");
+        assert_nothing_delivered(&denied, what);
     }
+}
+
+#[test]
+fn tcp_fast_open_is_judged_like_connect() {
+    judged_like_connect(
+        Probe::tcp_fastopen,
+        "a denied TCP Fast Open connection",
+        |_| false,
+    );
 }
 
 /// Whether a failure to create the socket may skip the test: never in CI.
@@ -388,54 +301,32 @@ fn may_skip() -> bool {
 
 #[test]
 fn mptcp_connect_is_judged() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for v4 in [true, false] {
-        let db = addr(&lab, "db", v4);
-        // A plain TCP listener: MPTCP falls back to TCP with a peer that does not speak it.
-        let allowed = lab.listen(Proto::Tcp, db, 8080);
-        let denied = lab.listen(Proto::Tcp, db, 9090);
-
-        let control = lab.probe("app").mptcp_connect(db, 8080);
-        if matches!(
-            control.result(),
-            "EPROTONOSUPPORT" | "ENOPROTOOPT" | "EINVAL"
-        ) && control.stderr.contains("socket")
-        {
-            assert!(
-                may_skip(),
-                "this kernel cannot create MPTCP sockets: {control}"
-            );
-            println!("SKIPPED: this kernel cannot create MPTCP sockets ({control})");
-            return;
-        }
-        control.assert_ok();
-        allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-        lab.probe("app").mptcp_connect(db, 9090).assert_denied();
-        denial(&lab, db, Some(9090), TCP, "db");
-        assert_nothing_delivered(&denied, "a denied MPTCP connection");
-    }
+    // Plain TCP listeners: MPTCP falls back to TCP with a peer that does not speak it.
+    judged_like_connect(
+        Probe::mptcp_connect,
+        "a denied MPTCP connection",
+        |control| {
+            let unsupported = matches!(
+                control.result(),
+                "EPROTONOSUPPORT" | "ENOPROTOOPT" | "EINVAL"
+            ) && control.stderr.contains("socket");
+            if unsupported {
+                assert!(
+                    may_skip(),
+                    "this kernel cannot create MPTCP sockets: {control}"
+                );
+                println!("SKIPPED: this kernel cannot create MPTCP sockets ({control})");
+            }
+            unsupported
+        },
+    );
 }
 
 #[test]
 fn io_uring_connect_is_judged() {
-    if !require_privileges() {
-        return;
-    }
-    let lab = lab();
-    for v4 in [true, false] {
-        let db = addr(&lab, "db", v4);
-        let allowed = lab.listen(Proto::Tcp, db, 8080);
-        let denied = lab.listen(Proto::Tcp, db, 9090);
-
-        lab.probe("app").io_uring_connect(db, 8080).assert_ok();
-        allowed.wait_for_peers(1, EVENT_TIMEOUT);
-
-        lab.probe("app").io_uring_connect(db, 9090).assert_denied();
-        denial(&lab, db, Some(9090), TCP, "db");
-        assert_nothing_delivered(&denied, "a denied io_uring connection");
-    }
+    judged_like_connect(
+        Probe::io_uring_connect,
+        "a denied io_uring connection",
+        |_| false,
+    );
 }

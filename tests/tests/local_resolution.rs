@@ -11,9 +11,8 @@ use std::{
 };
 
 use enforcer_tests::{
-    EVENT_TIMEOUT, Lab, Listener, Proto,
-    events::{self, Verdict},
-    require_privileges,
+    EVENT_TIMEOUT, Lab, LabBuilder, Listener, Proto, require_privileges,
+    scenarios::{PolicyText, assert_denial, assert_nothing_delivered},
 };
 
 const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -24,43 +23,23 @@ const LOOPBACK6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 /// listener anyway before the test concludes it did not.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Three segmented workloads; `client` may reach `db` on `tcp/PORT` and nothing else.
-fn three_workloads(port: u16) -> String {
-    format!(
-        r#"
-[[workload]]
-name = "client"
-cgroup = "client"
-labels = {{ segment = "client" }}
+/// The workloads `names`, each the only member of its segment (`{name}-seg`).
+fn members(names: &[&str]) -> PolicyText {
+    let text = names
+        .iter()
+        .fold(PolicyText::new(), |p, name| p.member(name));
+    names.iter().fold(text, |p, name| p.segment(name))
+}
 
-[[workload]]
-name = "db"
-cgroup = "db"
-labels = {{ segment = "db" }}
+/// A lab with the workloads `client` and `db`.
+fn client_and_db() -> LabBuilder {
+    Lab::builder().workload("client").workload("db")
+}
 
-[[workload]]
-name = "intruder"
-cgroup = "intruder"
-labels = {{ segment = "intruder" }}
-
-[[segment]]
-name = "client-seg"
-select = {{ segment = "client" }}
-
-[[segment]]
-name = "db-seg"
-select = {{ segment = "db" }}
-
-[[segment]]
-name = "intruder-seg"
-select = {{ segment = "intruder" }}
-
-[[allow]]
-from = "client-seg"
-to = "db-seg"
-ports = ["tcp/{port}"]
-"#
-    )
+/// The denial event to `ip:port`, from `client` to `dst`.
+#[track_caller]
+fn denial(lab: &Lab, ip: IpAddr, port: u16, dst: &str) {
+    assert_denial(lab, &[ip], Some(port), None, "client", dst);
 }
 
 #[test]
@@ -69,11 +48,15 @@ fn a_v6only_bind_on_the_same_port_does_not_take_over_the_listener_identity() {
         return;
     }
     const PORT: u16 = 7101;
-    let lab = Lab::builder()
-        .workload("client")
-        .workload("db")
+    // Three segmented workloads; `client` may reach `db` on `tcp/PORT` and nothing else.
+    let policy = members(&["client", "db", "intruder"]).allow(
+        "client-seg",
+        "db-seg",
+        &[&format!("tcp/{PORT}")],
+    );
+    let lab = client_and_db()
         .workload("intruder")
-        .policy("main.toml", &three_workloads(PORT))
+        .policy("main.toml", policy.as_str())
         .start();
     let db = lab.listen_local("db", Proto::Tcp, ANY4, PORT);
     // Binds after db: a table keyed by (netns, port, protocol) would now say "intruder" for every
@@ -97,16 +80,8 @@ fn a_v6only_bind_on_the_same_port_does_not_take_over_the_listener_identity() {
     lab.probe("client")
         .tcp_connect(LOOPBACK6, PORT)
         .assert_denied();
-    let ev = lab
-        .daemon()
-        .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, LOOPBACK6, Some(PORT)));
-    events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_names(&ev, "client", "intruder");
-    assert!(
-        intruder.peers().is_empty(),
-        "a denied connection reached the intruder: {:?}",
-        intruder.peers()
-    );
+    denial(&lab, LOOPBACK6, PORT, "intruder");
+    assert_nothing_delivered(&intruder, "a denied connection to the intruder");
     assert_eq!(db.peers().len(), 2, "db saw {:?}", db.peers());
 }
 
@@ -118,44 +93,17 @@ fn a_listener_bound_before_the_daemon_started_is_judged_as_its_workload() {
     const PORT: u16 = 7102;
     // The node is open to the client on the port; db is not. A listener the daemon does not know
     // must not fall back to the node.
-    let mut lab = Lab::builder()
-        .workload("client")
-        .workload("db")
+    let policy = PolicyText::new()
+        .member("client")
+        .member("db")
+        .segment("node")
+        .segment("client")
+        .segment("db")
+        .allow("client-seg", "node-seg", &[&format!("tcp/{PORT}")]);
+    let mut lab = client_and_db()
         .workload("misc")
         .node_labels(r#"{ role = "client", segment = "node" }"#)
-        .policy(
-            "main.toml",
-            &format!(
-                r#"
-[[workload]]
-name = "client"
-cgroup = "client"
-labels = {{ segment = "client" }}
-
-[[workload]]
-name = "db"
-cgroup = "db"
-labels = {{ segment = "db" }}
-
-[[segment]]
-name = "node-seg"
-select = {{ segment = "node" }}
-
-[[segment]]
-name = "client-seg"
-select = {{ segment = "client" }}
-
-[[segment]]
-name = "db-seg"
-select = {{ segment = "db" }}
-
-[[allow]]
-from = "client-seg"
-to = "node-seg"
-ports = ["tcp/{PORT}"]
-"#
-            ),
-        )
+        .policy("main.toml", policy.as_str())
         .no_daemon()
         .start();
     let db = lab.listen_local("db", Proto::Tcp, ANY4, PORT);
@@ -175,50 +123,25 @@ ports = ["tcp/{PORT}"]
         "client -> db (bound before the daemon started) must not connect: {outcome}"
     );
     thread::sleep(SETTLE);
-    assert!(
-        db.peers().is_empty(),
-        "client reached db through the node's identity: {:?}",
-        db.peers()
-    );
-    let ev = lab
-        .daemon()
-        .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, client4, Some(PORT)));
-    events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_names(&ev, "client", "db");
+    assert_nothing_delivered(&db, "a connection to db through the node's identity");
+    denial(&lab, client4, PORT, "db");
 }
 
 /// `client` may reach `@world` on the port, db (segmented) not at all.
-fn world_open(port: u16) -> String {
-    format!(
-        r#"
-[[workload]]
-name = "client"
-cgroup = "client"
-labels = {{ segment = "client" }}
-
-[[workload]]
-name = "db"
-cgroup = "db"
-labels = {{ segment = "db" }}
-
-[[segment]]
-name = "client-seg"
-select = {{ segment = "client" }}
-
-[[segment]]
-name = "db-seg"
-select = {{ segment = "db" }}
-
-[[allow]]
-from = "client-seg"
-to = "@world"
-ports = ["tcp/{port}"]
-"#
-    )
+fn world_open(port: u16) -> PolicyText {
+    members(&["client", "db"]).allow("client-seg", "@world", &[&format!("tcp/{port}")])
 }
 
 /// The address no `[[node]]` table declares, on the client host's `lo`.
 const UNDECLARED: &str = "${NET4}.77.7";
+
+/// A lab with `client`, `db` and [`world_open`] on `port`, from `builder`.
+fn world_open_lab(builder: LabBuilder, port: u16) -> Lab {
+    builder
+        .server_addr("${WORLD4}")
+        .policy("main.toml", world_open(port).as_str())
+        .start()
+}
 
 /// Control first (`@world` is open), then the undeclared local address, which must resolve to the
 /// local listener's workload rather than to `@world`.
@@ -230,15 +153,10 @@ fn assert_undeclared_address_is_local(lab: &Lab, port: u16) {
 
     let local = lab.ip(UNDECLARED);
     lab.probe("client").tcp_connect(local, port).assert_denied();
-    let ev = lab
-        .daemon()
-        .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, local, Some(port)));
-    events::assert_verdict(&ev, Verdict::Denied);
-    events::assert_names(&ev, "client", "db");
-    assert!(
-        db.peers().is_empty(),
-        "client reached db through an undeclared local address: {:?}",
-        db.peers()
+    denial(lab, local, port, "db");
+    assert_nothing_delivered(
+        &db,
+        "a connection to db through an undeclared local address",
     );
 }
 
@@ -248,13 +166,7 @@ fn an_undeclared_local_address_present_at_start_is_local() {
         return;
     }
     const PORT: u16 = 7103;
-    let lab = Lab::builder()
-        .workload("client")
-        .workload("db")
-        .client_addr(UNDECLARED)
-        .server_addr("${WORLD4}")
-        .policy("main.toml", &world_open(PORT))
-        .start();
+    let lab = world_open_lab(client_and_db().client_addr(UNDECLARED), PORT);
     assert_undeclared_address_is_local(&lab, PORT);
 }
 
@@ -264,12 +176,7 @@ fn an_undeclared_local_address_added_while_running_is_local_within_a_second() {
         return;
     }
     const PORT: u16 = 7104;
-    let lab = Lab::builder()
-        .workload("client")
-        .workload("db")
-        .server_addr("${WORLD4}")
-        .policy("main.toml", &world_open(PORT))
-        .start();
+    let lab = world_open_lab(client_and_db(), PORT);
     lab.add_client_addr(UNDECLARED);
     // The daemon learns it from the kernel (netlink address events).
     thread::sleep(Duration::from_secs(1));
