@@ -212,3 +212,81 @@ fn a_forty_level_chain_made_while_running_never_gets_out() {
     thread::sleep(SETTLE);
     assert_eq!(listener.peers().len(), 1, "saw {:?}", listener.peers());
 }
+
+/// A tenant with more cgroups than the label map holds: the daemon still starts (it used to fail
+/// with E2BIG), says the map is full with the limit and the flag that raises it, and the cgroups
+/// left unlabelled are held below a parent whose children may be someone else, never let out.
+#[test]
+fn more_cgroups_than_the_label_map_holds_never_lets_one_out() {
+    if !require_privileges() {
+        return;
+    }
+    const PORT: u16 = 7204;
+    let lab = Lab::builder()
+        .workload("tenant")
+        .policy(
+            "main.toml",
+            &format!(
+                r#"
+[[workload]]
+name = "tenant"
+cgroup = "tenant"
+labels = {{ segment = "tenant" }}
+
+[[workload]]
+name = "jail"
+cgroup = "tenant/*"
+labels = {{ segment = "jail" }}
+
+[[peer]]
+name = "server"
+cidrs = ["${{SERVER4}}/32"]
+labels = {{ zone = "server" }}
+
+[[segment]]
+name = "tenant-seg"
+select = {{ segment = "tenant" }}
+
+[[segment]]
+name = "jail-seg"
+select = {{ segment = "jail" }}
+
+[[allow]]
+from = "tenant-seg"
+to = {{ zone = "server" }}
+ports = ["tcp/{PORT}"]
+"#
+            ),
+        )
+        .no_daemon()
+        .start();
+    let containers = lab.cgroups().create_many("tenant", "c-", 40);
+    // Two slots share the map: one policy may label 8 of the 42 cgroups.
+    let daemon = enforcer_tests::Daemon::start(&enforcer_tests::DaemonArgs {
+        extra: &["--max-cgroups", "16"],
+        ..lab.daemon_args()
+    });
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("is full") && stderr.contains("--max-cgroups"),
+        "the daemon did not report the full label map with the flag that raises it:\n{stderr}"
+    );
+    let listener = lab.listen(Proto::Tcp, lab.server4(), PORT);
+    // The tenant itself (made first, labelled first) gets out as its policy says.
+    lab.probe("tenant")
+        .tcp_connect(lab.server4(), PORT)
+        .assert_ok();
+    listener.wait_for_peers(1, EVENT_TIMEOUT);
+    for rel in containers.iter().rev().take(5) {
+        let outcome = lab.probe(rel).tcp_connect(lab.server4(), PORT);
+        assert!(!outcome.is_ok(), "{rel} got out: {outcome}");
+    }
+    thread::sleep(SETTLE);
+    assert_eq!(
+        listener.peers().len(),
+        1,
+        "an unlabelled container reached the server: {:?}",
+        listener.peers()
+    );
+    drop(daemon);
+}
