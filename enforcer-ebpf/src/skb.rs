@@ -6,19 +6,19 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::__sk_buff,
+    bindings::{__sk_buff, bpf_sock},
     helpers::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_sk_fullsock},
     programs::SkBuffContext,
 };
 use enforcer_common::{
     EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, IDENTITY_SEGMENTED, VERDICT_DENY, counter,
     decide::{Decision, PolicyView as _, decide, fold_protocol},
-    hook, ipv4_mapped, protocol, reason,
+    hook, ipv4_mapped, is_ipv4_mapped, protocol, reason,
 };
 
 use crate::{
     cgroup::{CgroupSource as _, SkbCgroup, source_identity},
-    ctx::{field, sock},
+    ctx::{field, ipv6_bytes, sock},
     local::{LocalQuery, Owner, Place, owner_from_kernel, place},
     maps::{SOCKET_OWNERS, SOCKET_VERDICTS, count, runtime},
     report::{Actor, Flow, conclude, port_of, remember},
@@ -152,20 +152,61 @@ fn parse_ipv6(ctx: &SkBuffContext, packet: &mut Packet) -> Option<()> {
     Some(())
 }
 
-/// Whether a stream socket's packet is a TCP segment of an established flow (anything but a
-/// bare SYN), read with as few loads as possible: this is the cost of every established packet.
-/// Anything unusual (IPv6 extension headers, another protocol) takes the full path.
-#[inline(always)]
-fn established_segment(ctx: &SkBuffContext) -> bool {
+/// Whether a stream socket's packet is a TCP segment of its established flow: anything but a
+/// bare SYN, sent to the peer the socket is connected to. A segment to any other address or port
+/// has been rewritten after the socket was judged (DNAT of a connection that never sent a SYN
+/// here: `TCP_REPAIR`, or one picked up mid-stream) and takes the full path. Read with as few
+/// loads as possible: this is the cost of every established packet. Anything unusual (IPv6
+/// extension headers, another protocol) takes the full path too. Its own BPF function, so its
+/// stack frame is not added to the judging one.
+#[inline(never)]
+fn established_segment(ctx: &SkBuffContext, sk: *const bpf_sock) -> bool {
     let Some(first) = load::<u8>(ctx, 0) else {
         return false;
     };
-    let flags_at = match first >> 4 {
-        4 if load::<u8>(ctx, 9) == Some(protocol::TCP) => usize::from(first & 0x0f) * 4 + 13,
-        6 if load::<u8>(ctx, 6) == Some(protocol::TCP) => 40 + 13,
+    let (transport, v6) = match first >> 4 {
+        4 if load::<u8>(ctx, 9) == Some(protocol::TCP) => (usize::from(first & 0x0f) * 4, false),
+        6 if load::<u8>(ctx, 6) == Some(protocol::TCP) => (40, true),
         _ => return false,
     };
-    load::<u8>(ctx, flags_at).is_some_and(|flags| flags & TCP_SYN == 0 || flags & TCP_ACK != 0)
+    let Some(flags) = load::<u8>(ctx, transport + 13) else {
+        return false;
+    };
+    if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return false;
+    }
+    let Some(port) = load::<u16>(ctx, transport + 2) else {
+        return false;
+    };
+    let dst = if v6 {
+        load::<[u8; 16]>(ctx, 24)
+    } else {
+        load::<[u8; 4]>(ctx, 16).map(ipv4_mapped)
+    };
+    dst.is_some_and(|dst| to_peer(sk, &dst, u16::from_be(port)))
+}
+
+/// Whether `dst:port` (host byte order) is the peer the socket is connected to.
+#[inline(always)]
+fn to_peer(sk: *const bpf_sock, dst: &[u8; 16], port: u16) -> bool {
+    // SAFETY (every `field` call): `sk` is the packet's full socket and every offset a field of
+    // `bpf_sock`; `dst_port` is a network-order port in the low 16 bits of its word.
+    if u16::from_be(unsafe { field::<_, { sock::DST_PORT }>(sk) } as u16) != port {
+        return false;
+    }
+    if is_ipv4_mapped(dst) {
+        unsafe { field::<_, { sock::DST_IP4 }>(sk) }.to_ne_bytes()
+            == [dst[12], dst[13], dst[14], dst[15]]
+    } else {
+        ipv6_bytes(unsafe {
+            [
+                field::<_, { sock::DST_IP6 }>(sk),
+                field::<_, { sock::DST_IP6_1 }>(sk),
+                field::<_, { sock::DST_IP6_2 }>(sk),
+                field::<_, { sock::DST_IP6_3 }>(sk),
+            ]
+        }) == *dst
+    }
 }
 
 /// Parses the network and transport headers into `packet`; `false` when they are not
@@ -211,9 +252,9 @@ pub(crate) fn egress(ctx: &SkBuffContext) -> i32 {
     }
     // SAFETY: `sk` is a non-null full socket and `type_` one of its fields.
     let stream = unsafe { field::<_, { sock::TYPE }>(sk) } == SOCK_STREAM;
-    // A stream's flow is judged at its SYN; what follows (and an accepted socket's replies) is
-    // the established flow.
-    if stream && established_segment(ctx) {
+    // A stream's flow is judged at its SYN; what follows to the same peer (and an accepted
+    // socket's replies) is the established flow.
+    if stream && established_segment(ctx, sk) {
         count(counter::ESTABLISHED);
         return PASS;
     }
@@ -231,6 +272,7 @@ pub(crate) fn egress(ctx: &SkBuffContext) -> i32 {
     if stream
         && packet.protocol == protocol::TCP
         && (packet.tcp_flags & TCP_SYN == 0 || packet.tcp_flags & TCP_ACK != 0)
+        && to_peer(sk, &packet.dst_addr, packet.dst_port)
     {
         // Behind IPv6 extension headers: still an established segment.
         count(counter::ESTABLISHED);

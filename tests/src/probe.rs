@@ -516,4 +516,9 @@ impl Probe {
     pub fn io_uring_connect(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
         self.run(&["io-uring-connect", &addr.to_string(), &port.to_string()])
     }
+
+    /// A TCP connection made in `TCP_REPAIR` mode (no SYN), then data sent on it.
+    pub fn tcp_repair_send(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["tcp-repair-send", &addr.to_string(), &port.to_string()])
+    }
 }

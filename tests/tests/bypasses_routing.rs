@@ -82,8 +82,13 @@ fn udp_to_dns_is_delivered(lab: &Lab, db: IpAddr, dns: &Listener) {
 /// Loads `ruleset` into the lab's client namespace with `nft -f -`: the workload's own netns,
 /// where a workload with `CAP_NET_ADMIN` there could do the same. Goes with the namespace.
 fn nft(lab: &Lab, ruleset: &str) {
+    nft_in(lab.client_ns().name(), ruleset);
+}
+
+/// Runs `nft -f -` with `ruleset` in the network namespace `netns`.
+fn nft_in(netns: &str, ruleset: &str) {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", lab.client_ns().name(), "nft", "-f", "-"])
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -119,6 +124,99 @@ fn dnat_8080_to_22(lab: &Lab, l4: &str) {
 }}
 "
         )),
+    );
+}
+
+/// Packets the server host received for tcp/`port` (named nft counters in the server's input
+/// hook, set up by [`count_server_ports`]).
+fn server_packets(lab: &Lab, port: u16) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.server_ns().name(),
+            "nft",
+            "list",
+            "counter",
+            "inet",
+        ])
+        .args(["enf_count", &format!("tcp{port}")])
+        .output()
+        .expect("run nft list counter");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|word| *word != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {text:?}"))
+}
+
+/// `app` sends on a repaired connection to `server:port`; the send itself may be reset.
+fn repaired_send(lab: &Lab, server: IpAddr, port: u16) {
+    let outcome = lab.probe("app").tcp_repair_send(server, port);
+    assert!(
+        outcome.is_ok() || outcome.result() == "ECONNRESET",
+        "a repaired connection could not send: {outcome}"
+    );
+}
+
+/// Counts what the server host receives on tcp/8080 and tcp/22, whatever answers it.
+fn count_server_ports(lab: &Lab) {
+    nft_in(
+        lab.server_ns().name(),
+        "table inet enf_count {
+  counter tcp8080 {}
+  counter tcp22 {}
+  chain in {
+    type filter hook input priority 0; policy accept;
+    tcp dport 8080 counter name tcp8080
+    tcp dport 22 counter name tcp22
+  }
+}
+",
+    );
+}
+
+#[test]
+fn dnat_of_a_connection_that_never_sent_a_syn_is_judged() {
+    // `TCP_REPAIR` makes a socket established without a SYN: its first packet here is data, which
+    // a DNAT rule picked up mid-stream rewrites. The packet layer judges any segment that is not
+    // to the socket's own peer.
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    count_server_ports(&lab);
+    for server in [lab.server4(), lab.server6()] {
+        // The connect is judged even in repair mode: a denied port is refused at once.
+        lab.probe("app")
+            .tcp_repair_send(server, 9090)
+            .assert_denied();
+        denial(&lab, server, 9090, TCP, "db");
+    }
+    // Control: a repaired connection's first packet (the window probe leaving repair mode)
+    // reaches the server. The server resets a connection it never saw, so the probe's own send
+    // may fail with ECONNRESET: the counter is what tells.
+    let before = server_packets(&lab, 8080);
+    repaired_send(&lab, lab.server4(), 8080);
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    while server_packets(&lab, 8080) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no packet of a repaired connection reached the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    dnat_8080_to_22(&lab, "tcp");
+    for server in [lab.server4(), lab.server6()] {
+        repaired_send(&lab, server, 8080);
+        denial(&lab, server, 22, TCP, "db");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        server_packets(&lab, 22),
+        0,
+        "a segment DNAT'd to the denied tcp/22 reached the server"
     );
 }
 

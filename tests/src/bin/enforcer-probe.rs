@@ -22,6 +22,7 @@
 //!   udp-unspec-sendto ADDR PORT OTHER OPORT      connect, send, connect(AF_UNSPEC), sendto OTHER
 //!   udp-sendmmsg ADDR PORT OTHER OPORT           one sendmmsg of two datagrams; ok if both went
 //!   tcp-fastopen ADDR PORT | mptcp-connect ADDR PORT | io-uring-connect ADDR PORT  (2 s timeout)
+//!   tcp-repair-send ADDR PORT    connect in TCP_REPAIR mode (no SYN), leave it, send data
 //! ```
 //!
 //! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).

@@ -87,10 +87,11 @@ pub enum Action {
     TcpFastopen(SocketAddr),
     MptcpConnect(SocketAddr),
     IoUringConnect(SocketAddr),
+    TcpRepairSend(SocketAddr),
 }
 
 /// The verbs this module handles.
-pub const VERBS: [&str; 20] = [
+pub const VERBS: [&str; 21] = [
     "udplite-sendto",
     "udplite-connect",
     "udplite-listen",
@@ -111,6 +112,7 @@ pub const VERBS: [&str; 20] = [
     "tcp-fastopen",
     "mptcp-connect",
     "io-uring-connect",
+    "tcp-repair-send",
 ];
 
 /// Parses the arguments of `verb`; `None` when the verb is not one of this module's.
@@ -204,6 +206,7 @@ pub fn parse(verb: &str, argv: &mut dyn Iterator<Item = String>) -> Result<Optio
                 "tcp-fastopen" => Action::TcpFastopen(to),
                 "mptcp-connect" => Action::MptcpConnect(to),
                 "io-uring-connect" => Action::IoUringConnect(to),
+                "tcp-repair-send" => Action::TcpRepairSend(to),
                 other => return Err(format!("unknown ACTION {other:?}")),
             }
         }
@@ -303,7 +306,50 @@ pub fn run(action: &Action) -> io::Result<()> {
             connect_timeout(&fd, to)
         }
         Action::IoUringConnect(to) => io_uring_connect(*to),
+        Action::TcpRepairSend(to) => tcp_repair_send(*to),
     }
+}
+
+/// `TCP_REPAIR` (linux/tcp.h): the socket is restored, not connected; no SYN is sent.
+const TCP_REPAIR: i32 = 19;
+
+/// A TCP connection that never sends a SYN from here: `connect` in repair mode (CAP_NET_ADMIN in
+/// the namespace) makes the socket established at once; leaving repair mode sends a window probe
+/// (an ACK: the first packet of the connection), then `send` queues data. A peer that never saw
+/// the connection resets it, so `send` may fail with ECONNRESET once the probe got there. Ok once the data is queued; whether it left is for the other
+/// end to tell.
+fn tcp_repair_send(to: SocketAddr) -> io::Result<()> {
+    let fd = step("socket", socket_for(to.ip(), libc::SOCK_STREAM, 0))?;
+    let set = |value: i32| {
+        // SAFETY: setsockopt on a descriptor we own, with an int of the right size.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_TCP,
+                TCP_REPAIR,
+                (&raw const value).cast(),
+                socklen::<i32>(),
+            )
+        })
+    };
+    step("setsockopt(TCP_REPAIR, 1)", set(1))?;
+    let (addr, len) = raw_addr(&to);
+    // SAFETY: `addr` is a valid sockaddr of `len` bytes.
+    step(
+        "connect (repair mode)",
+        cvt(unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) }),
+    )?;
+    step("setsockopt(TCP_REPAIR, 0)", set(0))?;
+    // SAFETY: send from a buffer we own on a descriptor we own.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            PAYLOAD.as_ptr().cast(),
+            PAYLOAD.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    step("send", cvt(sent as i32)).map(drop)
 }
 
 /// Names the failing step on stderr and passes the error on unchanged (its errno is the result).
