@@ -153,7 +153,8 @@ fn parse_ipv6(ctx: &SkBuffContext, packet: &mut Packet) -> Option<()> {
 }
 
 /// Whether a stream socket's packet is a TCP segment of its established flow: anything but a
-/// bare SYN, sent to the peer the socket is connected to. A segment to any other address or port
+/// bare SYN, sent to the peer the socket is connected to, or a listening socket's answer to an
+/// arriving SYN (inbound, for the inbound layer to judge). A segment to any other address or port
 /// has been rewritten after the socket was judged (DNAT of a connection that never sent a SYN
 /// here: `TCP_REPAIR`, or one picked up mid-stream) and takes the full path. Read with as few
 /// loads as possible: this is the cost of every established packet. Anything unusual (IPv6
@@ -186,9 +187,14 @@ fn established_segment(ctx: &SkBuffContext, sk: *const bpf_sock) -> bool {
     dst.is_some_and(|dst| to_peer(sk, &dst, u16::from_be(port)))
 }
 
-/// Whether `dst:port` (host byte order) is the peer the socket is connected to.
+/// Whether `dst:port` (host byte order) is the peer the socket is connected to, or the socket
+/// listens (its SYN-ACKs go to whoever sent a SYN).
 #[inline(always)]
 fn to_peer(sk: *const bpf_sock, dst: &[u8; 16], port: u16) -> bool {
+    // SAFETY: as below.
+    if unsafe { field::<_, { sock::STATE }>(sk) } == sock::TCP_LISTEN {
+        return true;
+    }
     // SAFETY (every `field` call): `sk` is the packet's full socket and every offset a field of
     // `bpf_sock`; `dst_port` is a network-order port in the low 16 bits of its word.
     if u16::from_be(unsafe { field::<_, { sock::DST_PORT }>(sk) } as u16) != port {

@@ -16,25 +16,11 @@ use serde_json::Value;
 /// concludes none was.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Whether `ev` reports the attempt of the probe process `outcome`.
-fn by(ev: &Value, outcome: &ProbeOutcome) -> bool {
-    events::try_field(ev, "actor.process.pid").and_then(Value::as_u64)
-        == Some(u64::from(outcome.pid))
-}
-
-#[test]
-fn a_new_cgroup_below_a_broader_parent_never_gets_out() {
-    if !require_privileges() {
-        return;
-    }
-    const PORT: u16 = 7201;
-    const STARTS: usize = 100;
-    let lab = Lab::builder()
-        .workload("tenant")
-        .policy(
-            "main.toml",
-            &format!(
-                r#"
+/// `tenant` may reach the server on tcp/`port`; every cgroup directly below it is the jailed
+/// `jail`, a narrower identity than the tenant's.
+fn tenant_and_jail(port: u16) -> String {
+    format!(
+        r#"
 [[workload]]
 name = "tenant"
 cgroup = "tenant"
@@ -62,10 +48,27 @@ select = {{ segment = "jail" }}
 [[allow]]
 from = "tenant-seg"
 to = {{ zone = "server" }}
-ports = ["tcp/{PORT}"]
+ports = ["tcp/{port}"]
 "#
-            ),
-        )
+    )
+}
+
+/// Whether `ev` reports the attempt of the probe process `outcome`.
+fn by(ev: &Value, outcome: &ProbeOutcome) -> bool {
+    events::try_field(ev, "actor.process.pid").and_then(Value::as_u64)
+        == Some(u64::from(outcome.pid))
+}
+
+#[test]
+fn a_new_cgroup_below_a_broader_parent_never_gets_out() {
+    if !require_privileges() {
+        return;
+    }
+    const PORT: u16 = 7201;
+    const STARTS: usize = 100;
+    let lab = Lab::builder()
+        .workload("tenant")
+        .policy("main.toml", &tenant_and_jail(PORT))
         .start();
     let server = lab.server4();
     let listener = lab.listen(Proto::Tcp, server, PORT);
@@ -224,40 +227,7 @@ fn more_cgroups_than_the_label_map_holds_never_lets_one_out() {
     const PORT: u16 = 7204;
     let lab = Lab::builder()
         .workload("tenant")
-        .policy(
-            "main.toml",
-            &format!(
-                r#"
-[[workload]]
-name = "tenant"
-cgroup = "tenant"
-labels = {{ segment = "tenant" }}
-
-[[workload]]
-name = "jail"
-cgroup = "tenant/*"
-labels = {{ segment = "jail" }}
-
-[[peer]]
-name = "server"
-cidrs = ["${{SERVER4}}/32"]
-labels = {{ zone = "server" }}
-
-[[segment]]
-name = "tenant-seg"
-select = {{ segment = "tenant" }}
-
-[[segment]]
-name = "jail-seg"
-select = {{ segment = "jail" }}
-
-[[allow]]
-from = "tenant-seg"
-to = {{ zone = "server" }}
-ports = ["tcp/{PORT}"]
-"#
-            ),
-        )
+        .policy("main.toml", &tenant_and_jail(PORT))
         .no_daemon()
         .start();
     let containers = lab.cgroups().create_many("tenant", "c-", 40);
