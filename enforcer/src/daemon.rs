@@ -227,16 +227,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         cgroup_entries: config.max_cgroups,
         lsm: lsm_active,
     };
-    let mut datapath = match Datapath::load(options) {
-        Err(error) if error.is_lsm_program() => {
-            warn!(error = %error_chain(&error), "the kernel runs BPF LSM but refused to load the enforcer's LSM programs");
-            Datapath::load(LoadOptions {
-                lsm: false,
-                ..options
-            })?
-        }
-        loaded => loaded?,
-    };
+    let mut datapath = Datapath::load(options)?;
+    if let Some(error) = datapath.lsm_refused() {
+        warn!(error = %error_chain(error), "the kernel runs BPF LSM but refused to load the enforcer's LSM programs");
+    }
     let lsm = datapath.lsm();
     announce_lsm(lsm);
     let node_cookie = netns_cookie(&node_netns)?;

@@ -69,15 +69,6 @@ pub enum DatapathError {
     },
 }
 
-impl DatapathError {
-    /// Whether the kernel refused one of the BPF LSM programs (some kernels run BPF LSM but a
-    /// security policy forbids loading LSM programs): the rest of the datapath works without.
-    #[must_use]
-    pub fn is_lsm_program(&self) -> bool {
-        matches!(self, Self::Program { program, .. } if programs::LSM_HOOKS.contains(program))
-    }
-}
-
 /// How to load the datapath.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -99,6 +90,8 @@ pub struct Datapath {
     active: Option<u32>,
     generation: u32,
     lsm: bool,
+    /// Why the LSM programs are not loaded although they were asked for.
+    lsm_refused: Option<DatapathError>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -131,7 +124,7 @@ impl Datapath {
             .map_max_entries(names::CGROUP_IDENTITY, options.cgroup_entries)
             .load(EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
-        programs::load(&mut ebpf, btf.as_ref())?;
+        let lsm_refused = programs::load(&mut ebpf, btf.as_ref())?;
         let maps = PolicyMaps::take(&mut ebpf, options.cgroup_entries / 2)?;
         let host = HostMaps::take(&mut ebpf)?;
         let events = ebpf
@@ -148,7 +141,8 @@ impl Datapath {
             events: Some(events),
             active: None,
             generation: 0,
-            lsm: options.lsm,
+            lsm: options.lsm && lsm_refused.is_none(),
+            lsm_refused,
         })
     }
 
@@ -229,6 +223,12 @@ impl Datapath {
         let cgroup = programs::open_cgroup(path)?;
         self.host.set_managed_root(&cgroup)?;
         programs::attach(&mut self.ebpf, &cgroup, self.lsm)
+    }
+
+    /// Why the BPF LSM programs were asked for but not loaded: the kernel refused one.
+    #[must_use]
+    pub const fn lsm_refused(&self) -> Option<&DatapathError> {
+        self.lsm_refused.as_ref()
     }
 
     /// Whether the BPF LSM programs are loaded.

@@ -46,8 +46,13 @@ fn failed(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { program, source }
 }
 
-/// Loads every cgroup program (verifier included), and the LSM programs when `lsm` is given.
-pub(super) fn load(ebpf: &mut Ebpf, lsm: Option<&Btf>) -> Result<(), DatapathError> {
+/// Loads every cgroup program (verifier included), then the LSM programs when `lsm` is given.
+/// Returns the kernel's refusal of an LSM program, if any: some kernels run BPF LSM but a
+/// security policy forbids loading LSM programs, and the rest of the datapath works without them.
+pub(super) fn load(
+    ebpf: &mut Ebpf,
+    lsm: Option<&Btf>,
+) -> Result<Option<DatapathError>, DatapathError> {
     for name in OBSERVERS {
         program::<CgroupSock>(ebpf, name)?
             .load()
@@ -66,12 +71,12 @@ pub(super) fn load(ebpf: &mut Ebpf, lsm: Option<&Btf>) -> Result<(), DatapathErr
         .map_err(failed(SOCKOPT))?;
     if let Some(btf) = lsm {
         for hook in LSM_HOOKS {
-            program::<Lsm>(ebpf, hook)?
-                .load(hook, btf)
-                .map_err(failed(hook))?;
+            if let Err(error) = program::<Lsm>(ebpf, hook)?.load(hook, btf) {
+                return Ok(Some(failed(hook)(error)));
+            }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Attaches every loaded program: the cgroup ones to `cgroup` (and so to all cgroups below it),
