@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::{Runtime, counter, ipv4_mapped};
+use enforcer_common::{Runtime, counter};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -158,13 +158,7 @@ fn cgroup_level(mount: &Path, root: &Path) -> u32 {
 }
 
 fn mapped(addrs: &BTreeSet<IpAddr>) -> BTreeSet<[u8; 16]> {
-    addrs
-        .iter()
-        .map(|addr| match addr {
-            IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
-            IpAddr::V6(v6) => v6.octets(),
-        })
-        .collect()
+    addrs.iter().copied().map(compile::mapped).collect()
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

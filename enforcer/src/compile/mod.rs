@@ -443,7 +443,9 @@ fn rule_ref(policy: &Policy, rule: &Rule) -> RuleRef {
     }
 }
 
-fn mapped(addr: IpAddr) -> [u8; 16] {
+/// An address in the 16-byte form every map uses (IPv4 is IPv4-mapped).
+#[must_use]
+pub fn mapped(addr: IpAddr) -> [u8; 16] {
     match addr {
         IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
