@@ -56,7 +56,34 @@ pub mod maps {
     /// `CgroupArray`, one entry: the managed cgroup root, for the task-keyed LSM programs that
     /// are not attached to a cgroup.
     pub const MANAGED_ROOT: &str = "MANAGED_ROOT";
+
+    /// Every map, as pinned under an instance's bpffs directory so that a restarted daemon
+    /// adopts them.
+    pub const ALL: [&str; 16] = [
+        ACTIVE_SLOT,
+        SLOT_CONFIG,
+        CGROUP_IDENTITY,
+        ADDR_EXACT,
+        ADDR_CIDR,
+        IDENTITY_INFO,
+        RULES,
+        COUNTERS,
+        EVENTS,
+        LISTENERS,
+        LISTENER_KEYS,
+        SOCKET_OWNERS,
+        SOCKET_VERDICTS,
+        LOCAL_ADDRS,
+        RUNTIME,
+        MANAGED_ROOT,
+    ];
 }
+
+/// Version of the maps' layout: their set, types, key and value types. Pinned maps are adopted by
+/// a later daemon only when it was built for the same version (and the same sizes); bump it on any
+/// change to a map or to a type stored in one, so that a new daemon puts fresh maps beside the
+/// old ones instead of misreading them.
+pub const ABI_VERSION: u32 = 1;
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
 /// half-way.

@@ -20,6 +20,8 @@
 
 pub mod cli;
 pub mod compile;
+/// The local control socket the CLI verbs (`reload`, `rollback`, `reconcile`, `status`) use.
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;

@@ -1,11 +1,13 @@
 //! The `enforcer` binary: parses the command line, sets up logging, dispatches.
 
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use enforcer::{
-    cli::{Cli, Command, RunArgs, summary},
+    cli::{self, Cli, Command, RunArgs, summary},
+    compile::Limits,
+    control::Request,
     daemon::{self, DaemonError, EventsTarget, RunConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -44,7 +46,34 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args),
+        Command::Status(args) => {
+            let status = cli::status(&args)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Reload(args) => answer(&args, &Request::Reload),
+        Command::Rollback(args) => answer(&args, &Request::Rollback),
+        Command::Reconcile(args) => answer(&args, &Request::Reconcile),
+        Command::Detach(args) => {
+            if cli::detach(&args)? {
+                println!(
+                    "{}: every pin removed; enforcement of this instance is gone",
+                    args.bpffs.display()
+                );
+            } else {
+                println!("{}: nothing was pinned", args.bpffs.display());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Sends a request to the daemon and prints its answer (JSON detail on standard output).
+fn answer(args: &cli::InstanceArgs, request: &Request) -> anyhow::Result<()> {
+    let response = cli::ask(args, request)?;
+    eprintln!("{}", response.message);
+    println!("{}", serde_json::to_string_pretty(&response.detail)?);
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -60,6 +89,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         event_buffer_bytes: args.event_buffer_kib * 1024,
         netns: args.netns,
         max_cgroups: args.max_cgroups,
+        limits: Limits {
+            addr_exact: args.max_addresses,
+            addr_cidr: args.max_cidrs,
+            identities: args.max_identities,
+            rules: args.max_rules,
+        },
+        state_dir: args.instance.state_dir(),
+        bpffs: args.instance.bpffs,
+        on_exit: args.on_exit,
+        reconcile_interval: Duration::from_secs(args.reconcile_interval),
+        reload_debounce: Duration::from_millis(args.reload_debounce_ms),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,9 +122,24 @@ fn node_name(node: Option<String>) -> anyhow::Result<String> {
 /// Policy errors are listed one per line (each names file:line:column); anything else prints its
 /// chain of causes.
 fn report(error: &anyhow::Error) {
-    if let Some(DaemonError::Policy(errors)) = error.downcast_ref::<DaemonError>() {
-        eprintln!("{errors}");
-        eprintln!("error: the policy is invalid; nothing was loaded");
+    match error.downcast_ref::<DaemonError>() {
+        Some(DaemonError::Policy(errors)) => {
+            eprintln!("{errors}");
+            eprintln!("error: the policy is invalid; nothing was loaded");
+            return;
+        }
+        Some(DaemonError::Rejected { errors }) => {
+            for line in errors {
+                eprintln!("{line}");
+            }
+            eprintln!("error: the policy is invalid; nothing was loaded");
+            return;
+        }
+        _ => {}
+    }
+    if let Some(cli::InstanceError::Refused { message, detail }) = error.downcast_ref() {
+        eprintln!("error: {message}");
+        println!("{detail}");
         return;
     }
     eprintln!("error: {error:#}");

@@ -4,7 +4,11 @@
 
 use std::{fs, path::PathBuf};
 
-use enforcer::{compile::compile, identity::Identities, policy::load_dir};
+use enforcer::{
+    compile::compile,
+    identity::{Identities, IdentityAllocator},
+    policy::load_dir,
+};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +22,8 @@ fn example_policy_compiles_to_the_checked_in_image() {
     let dir = workspace().join("policies");
     let policy = load_dir(&dir).unwrap_or_else(|errors| panic!("policies/ is invalid:\n{errors}"));
     for node in ["app-1", "db-1"] {
-        let identities = Identities::build(&policy, node).expect("identities");
+        let identities = Identities::build(&policy, node, &mut IdentityAllocator::default())
+            .expect("identities");
         let compiled = compile(&policy, &identities).expect("compiles");
         let image = compiled.render(&identities);
         let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,5 +1,6 @@
-//! Rendered events validate against the OCSF 1.1.0 schema (network_activity, security_control +
-//! host profiles), and the validator really rejects what is outside it. Needs the venv that
+//! Rendered events validate against the OCSF 1.1.0 schema (flow events as network_activity with the
+//! security_control + host profiles, policy rejections as device_config_state_change with the host
+//! profile), and the validator really rejects what is outside it. Needs the venv that
 //! `cargo xtask test` (through `cargo xtask setup`) makes; fails, never skips, without it.
 
 use std::{
@@ -12,8 +13,8 @@ use std::{
 
 use enforcer::{
     events::{
-        FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict,
-        ocsf::{Product, render, to_json_line},
+        FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, PolicyRejection, Verdict,
+        ocsf::{Product, render, render_rejection, to_json_line},
     },
     policy::{Labels, Mode},
 };
@@ -28,6 +29,37 @@ fn workspace() -> PathBuf {
 
 /// Runs `tests/ocsf/validate.py` on `lines` written as one JSON-lines file.
 fn validate(lines: &[String]) -> Output {
+    run_validator(lines, &[workspace().join("tests/ocsf/validate.py").into()])
+}
+
+/// `validate.py` run as a module with its class and profiles switched to those of policy
+/// rejections, so that they are held to the same strictness (no attribute outside the class, the
+/// `type_uid`, version and profiles rules) without a second validator to keep in step.
+const AS_REJECTIONS: &str = "
+import sys
+sys.path.insert(0, sys.argv[1])
+import validate
+for name in ('CLASS', 'PROFILES'):
+    assert hasattr(validate, name), f'validate.py has no {name} to switch'
+validate.CLASS = 'device_config_state_change'
+validate.PROFILES = ['host']
+validate.main(sys.argv[2:])
+";
+
+/// Validates `lines` as OCSF 1.1.0 Device Config State Change events with the host profile.
+fn validate_rejections(lines: &[String]) -> Output {
+    run_validator(
+        lines,
+        &[
+            "-c".into(),
+            AS_REJECTIONS.into(),
+            workspace().join("tests/ocsf").into(),
+        ],
+    )
+}
+
+/// Runs the venv's python with `args`, then `lines` written as one JSON-lines file.
+fn run_validator(lines: &[String], args: &[std::ffi::OsString]) -> Output {
     let python = std::env::var_os("ENFORCER_OCSF_PYTHON").map_or_else(
         || workspace().join("target/ocsf-venv/bin/python"),
         PathBuf::from,
@@ -45,7 +77,7 @@ fn validate(lines: &[String]) -> Output {
     }
     fs::write(&file, text).expect("write events");
     Command::new(&python)
-        .arg(workspace().join("tests/ocsf/validate.py"))
+        .args(args)
         .arg(&file)
         .output()
         .unwrap_or_else(|error| panic!("run {}: {error}", python.display()))
@@ -129,7 +161,7 @@ fn base() -> FlowRecord {
 
 /// Every variation the renderer knows: deny/audit, tcp/udp/icmp/icmpv6, v4/v6,
 /// lateral/outbound/inbound, with and without process (and cmd_line), rule and default-deny,
-/// physical and virtual node, aggregated count.
+/// physical and virtual node, aggregated count, unknown generation.
 fn samples() -> Vec<FlowRecord> {
     let base = base();
     vec![
@@ -197,6 +229,21 @@ fn samples() -> Vec<FlowRecord> {
             mode: Mode::Audit,
             src: endpoint("@host", v4(1), Some(40000)),
             rule: default_deny("db"),
+            ..base.clone()
+        },
+        // Decided by a generation the daemon has no context for.
+        FlowRecord {
+            src: endpoint("@unknown", v4(1), Some(40000)),
+            dst: endpoint("@unknown", v4(2), Some(5432)),
+            rule: FlowRule {
+                uid: "generation:7".to_owned(),
+                name: "unknown-generation".to_owned(),
+                description: Some(
+                    "decided by policy generation 7, which is not on record: the rule cannot be named"
+                        .to_owned(),
+                ),
+            },
+            policy_version: "unknown".to_owned(),
             ..base
         },
     ]
@@ -279,4 +326,90 @@ fn the_validator_rejects_what_is_outside_the_schema() {
 fn the_validator_refuses_an_empty_file() {
     let output = validate(&[]);
     assert_eq!(output.status.code(), Some(2), "{}", report(&output));
+}
+
+/// A reload rejected with the last good policy in force, and a start with nothing in force.
+fn rejections() -> Vec<PolicyRejection> {
+    let reload = PolicyRejection {
+        time: SystemTime::now(),
+        node: FlowNode {
+            hostname: "app-1".to_owned(),
+            is_virtual: false,
+        },
+        policy_dir: "/etc/enforcer/policy".to_owned(),
+        origin: "directory".to_owned(),
+        errors: vec![
+            "rules/20-finance.toml:31:1: unknown key `prots` in [[deny]]".to_owned(),
+            "nodes.toml:4:13: invalid address".to_owned(),
+        ],
+        in_force_version: Some("40103edb9c3cae46".to_owned()),
+        in_force_generation: 3,
+    };
+    vec![
+        reload.clone(),
+        PolicyRejection {
+            node: FlowNode {
+                hostname: "app-1".to_owned(),
+                is_virtual: true,
+            },
+            origin: "start".to_owned(),
+            errors: vec!["p.toml:1:1: invalid TOML: expected a table".to_owned()],
+            in_force_version: None,
+            in_force_generation: 0,
+            ..reload
+        },
+    ]
+}
+
+#[test]
+fn rendered_rejections_validate() {
+    let lines: Vec<String> = rejections()
+        .iter()
+        .map(|rejection| render_rejection(rejection, &Product::default()).to_string())
+        .collect();
+    let output = validate_rejections(&lines);
+    let report = report(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("{} events valid", lines.len())),
+        "{report}"
+    );
+}
+
+/// The rejection check is of its own class: a flow event's attribute, an enum value outside the
+/// class, and the flow events' profiles are each rejected.
+#[test]
+fn the_rejection_validator_holds_them_to_their_class() {
+    let good = render_rejection(&rejections()[0], &Product::default());
+    let mutations: [Mutation; 4] = [
+        ("network activity attribute", |e| {
+            e["connection_info"] = json!({ "protocol_num": 6 });
+        }),
+        ("status out of range", |e| e["status_id"] = json!(7)),
+        ("activity of another class", |e| {
+            e["activity_id"] = json!(5);
+            e["type_uid"] = json!(501_905);
+        }),
+        ("the flow events' profiles", |e| {
+            e["metadata"]["profiles"] = json!(["security_control", "host"]);
+        }),
+    ];
+    let lines: Vec<String> = mutations
+        .iter()
+        .map(|(what, mutate)| {
+            let mut event = good.clone();
+            mutate(&mut event);
+            assert_ne!(event, good, "{what}: the mutation did not apply");
+            event.to_string()
+        })
+        .collect();
+    let output = validate_rejections(&lines);
+    let report = report(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for (number, (what, _)) in (1..).zip(mutations) {
+        assert!(
+            report.contains(&format!("events.jsonl:{number}: ")),
+            "{what} (line {number}) accepted: {report}"
+        );
+    }
 }

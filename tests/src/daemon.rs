@@ -17,6 +17,8 @@ use nix::{
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::instance::Instance;
+
 /// The daemon must be enforcing this soon after it was spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default patience for an event to reach the events file.
@@ -51,6 +53,9 @@ pub struct DaemonArgs<'a> {
     pub cgroup: Option<&'a Path>,
     /// Appended after the standard flags.
     pub extra: &'a [&'a str],
+    /// The instance (bpffs and state directories) to run as. `None`: a private one the daemon
+    /// owns and removes when it is dropped.
+    pub instance: Option<&'a Instance>,
 }
 
 impl<'a> DaemonArgs<'a> {
@@ -64,6 +69,7 @@ impl<'a> DaemonArgs<'a> {
             netns: None,
             cgroup: None,
             extra: &[],
+            instance: None,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct EarlyExit {
 pub struct Daemon {
     child: Option<Child>,
     dir: TempDir,
+    /// The private instance, when the test gave none; dropped after the daemon stopped.
+    own_instance: Option<Instance>,
 }
 
 impl Daemon {
@@ -130,6 +138,12 @@ impl Daemon {
         if let Some(netns) = args.netns {
             cmd.arg("--netns").arg(netns);
         }
+        let own_instance = args.instance.is_none().then(Instance::new);
+        let instance = args
+            .instance
+            .or(own_instance.as_ref())
+            .expect("one of the two is set");
+        cmd.args(instance.flags());
         cmd.args(args.extra);
         // Opened here, written in the child between fork and exec: the daemon is inside the
         // cgroup from its first instruction, and the child does nothing but one write(2).
@@ -171,6 +185,7 @@ impl Daemon {
         let mut daemon = Self {
             child: Some(child),
             dir,
+            own_instance,
         };
         loop {
             let exited = daemon
@@ -223,6 +238,21 @@ impl Daemon {
         self.stderr()
             .lines()
             .any(|line| line.contains(" enforcing ") && line.contains("lsm=true"))
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would: nothing of its shutdown runs. Returns
+    /// once it is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The daemon's private instance, when the test gave none.
+    #[must_use]
+    pub fn instance(&self) -> Option<&Instance> {
+        self.own_instance.as_ref()
     }
 
     /// The daemon's pid, while it runs.

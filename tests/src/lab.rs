@@ -18,6 +18,7 @@ use std::{
 use crate::{
     cgroup::CgroupDir,
     daemon::{Daemon, DaemonArgs},
+    instance::Instance,
     netns::{
         NetNs, VethEnd, VethPair, add_address, add_local_address, add_onlink_route, next_counter,
     },
@@ -217,6 +218,7 @@ impl LabBuilder {
         let client_netns_path = Path::new("/run/netns").join(client.name());
         let mut lab = Lab {
             daemon: None,
+            instance: Instance::new(),
             cgroups,
             _veth: veth,
             server,
@@ -238,6 +240,9 @@ impl LabBuilder {
 #[derive(Debug)]
 pub struct Lab {
     daemon: Option<Daemon>,
+    /// The lab's enforcer instance: restarted daemons adopt its pins; dropped (unmounted) after
+    /// the daemon stopped, which detaches whatever it left attached.
+    instance: Instance,
     cgroups: CgroupDir,
     _veth: VethPair,
     server: NetNs,
@@ -359,7 +364,14 @@ impl Lab {
             netns: Some(&self.client_netns_path),
             cgroup: self.daemon_cgroup.as_deref(),
             extra: &[],
+            instance: Some(&self.instance),
         }
+    }
+
+    /// The lab's enforcer instance.
+    #[must_use]
+    pub const fn instance(&self) -> &Instance {
+        &self.instance
     }
 
     /// Starts the lab's daemon with [`Lab::daemon_args`] and waits until it enforces (for a lab

@@ -37,6 +37,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod events;
+pub mod instance;
 pub mod lab;
 pub mod netns;
 pub mod ocsf;
@@ -44,9 +45,11 @@ pub mod policy;
 pub mod privileges;
 pub mod probe;
 pub mod scenarios;
+pub mod tight_loop;
 
 pub use cgroup::CgroupDir;
 pub use daemon::{Daemon, DaemonArgs, EVENT_TIMEOUT, EarlyExit};
+pub use instance::Instance;
 pub use lab::{CLIENT_NODE, Lab, LabBuilder};
 pub use netns::{NetNs, VethEnd, VethPair};
 pub use policy::PolicyDir;

@@ -234,6 +234,7 @@ fn more_cgroups_than_the_label_map_holds_never_lets_one_out() {
     // Two slots share the map: one policy may label 8 of the 42 cgroups.
     let daemon = enforcer_tests::Daemon::start(&enforcer_tests::DaemonArgs {
         extra: &["--max-cgroups", "16"],
+        instance: None,
         ..lab.daemon_args()
     });
     let stderr = daemon.stderr();

@@ -23,6 +23,7 @@ fn refused(files: &[(&str, &str)]) -> String {
         netns: None,
         cgroup: None,
         extra: &[],
+        instance: None,
     };
     let Err(exit) = Daemon::try_start(&args) else {
         panic!("enforcer started with a broken policy: {files:#?}");
@@ -145,6 +146,7 @@ fn good_policy_starts_and_stops_on_sigterm() {
         netns: None,
         cgroup: None,
         extra: &[],
+        instance: None,
     });
     assert!(daemon.pid().is_some());
     let status = daemon.stop().expect("it was running");

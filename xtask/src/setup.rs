@@ -6,15 +6,17 @@ use anyhow::{Context as _, bail};
 
 use crate::{cargo_bin_dir, command, exec, output, path_with, require_root, say};
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2 and nftables (the DNAT tests) for the labs, and
-/// venv support for Debian's own python3 (the OCSF validator).
-const APT_PACKAGES: [&str; 7] = [
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 and nftables (the DNAT tests) for the labs,
+/// bpftool (the drift tests edit pinned maps with it, as an operator would), and venv support for
+/// Debian's own python3 (the OCSF validator).
+const APT_PACKAGES: [&str; 8] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "iproute2",
     "nftables",
+    "bpftool",
     "python3-venv",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

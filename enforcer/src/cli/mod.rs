@@ -1,12 +1,17 @@
-//! Command-line interface: `enforcer check`, `enforcer compile`, `enforcer run`.
+//! Command-line interface: `enforcer check`, `compile`, `run`, and the instance commands
+//! (`status`, `reload`, `rollback`, `reconcile`, `detach`).
 
 mod check;
+mod instance;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use self::check::summary;
+pub use self::{
+    check::summary,
+    instance::{InstanceError, ask, detach, status},
+};
 
 /// eBPF host microsegmentation enforcer.
 #[derive(Debug, Parser)]
@@ -32,8 +37,46 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Enforce a policy on this node until SIGINT/SIGTERM.
+    /// Enforce a policy on this node until SIGINT/SIGTERM (the pins keep enforcing after).
     Run(RunArgs),
+    /// What the instance enforces: works with the daemon down (reads the pins).
+    Status(InstanceArgs),
+    /// Ask the running daemon to reload its policy directory.
+    Reload(InstanceArgs),
+    /// Ask the running daemon to flip back to the previous policy (kept intact in the kernel).
+    Rollback(InstanceArgs),
+    /// Ask the running daemon to compare the kernel's maps with the policy now and repair drift.
+    Reconcile(InstanceArgs),
+    /// Remove all enforcement of the instance: its links, programs and maps.
+    Detach(InstanceArgs),
+}
+
+/// Default bpffs directory of the default instance.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer/default";
+
+/// Where an instance keeps its pins and its state.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InstanceArgs {
+    /// The instance's bpffs directory (bpffs is mounted if it is not).
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The instance's state directory (default: /run/enforcer/<last part of --bpffs>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl InstanceArgs {
+    /// The state directory, explicit or derived from the bpffs directory.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            let name = self.bpffs.file_name().map_or_else(
+                || "default".into(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            PathBuf::from("/run/enforcer").join(name)
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +111,30 @@ pub struct RunArgs {
     /// reported.
     #[arg(long, default_value_t = enforcer_common::capacity::CGROUPS, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
     pub max_cgroups: u32,
+    /// Entries of the rule map (both slots; one policy may use half).
+    #[arg(long, default_value_t = enforcer_common::capacity::RULES, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
+    pub max_rules: u32,
+    /// Entries of the exact-address map (both slots; one policy may use half).
+    #[arg(long, default_value_t = enforcer_common::capacity::ADDR_EXACT, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
+    pub max_addresses: u32,
+    /// Entries of the CIDR map (both slots; one policy may use half).
+    #[arg(long, default_value_t = enforcer_common::capacity::ADDR_CIDR, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
+    pub max_cidrs: u32,
+    /// Entries of the identity map (both slots; one policy may use half).
+    #[arg(long, default_value_t = enforcer_common::capacity::IDENTITIES, value_parser = clap::value_parser!(u32).range(2..=1 << 20))]
+    pub max_identities: u32,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// What happens to enforcement when the daemon exits: `keep` leaves the pinned programs
+    /// enforcing the last policy, `detach` removes them.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub on_exit: crate::daemon::OnExit,
+    /// Seconds between comparisons of the kernel's maps with the policy (drift repair).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: u64,
+    /// Milliseconds the policy directory must stay quiet before a change is reloaded.
+    #[arg(long, default_value_t = 300)]
+    pub reload_debounce_ms: u64,
 }
 
 fn event_buffer_kib(text: &str) -> Result<u32, String> {

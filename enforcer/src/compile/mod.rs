@@ -113,11 +113,14 @@ impl fmt::Display for CompileWarning {
 /// Errors compiling a valid policy: it does not fit the kernel maps.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    #[error("the policy needs {needed} entries in map {map}, which holds {capacity}")]
+    #[error(
+        "the policy needs {needed} entries in map {map}, which holds {capacity} per policy; raise it with {flag} (the map's size: twice what one policy may use)"
+    )]
     TooLarge {
         map: &'static str,
         needed: usize,
         capacity: u32,
+        flag: &'static str,
     },
 }
 
@@ -265,7 +268,6 @@ pub fn compile(policy: &Policy, identities: &Identities) -> Result<CompiledPolic
         identity_info,
         rules,
     };
-    check_capacity(&state)?;
     Ok(CompiledPolicy {
         state,
         rules: rule_refs,
@@ -596,28 +598,67 @@ fn addresses(
     (exact, cidr)
 }
 
-fn check_capacity(state: &DesiredState) -> Result<(), CompileError> {
-    let checks = [
-        ("ADDR_EXACT", state.addr_exact.len(), capacity::ADDR_EXACT),
-        ("ADDR_CIDR", state.addr_cidr.len(), capacity::ADDR_CIDR),
-        (
-            "IDENTITY_INFO",
-            state.identity_info.len(),
-            capacity::IDENTITIES,
-        ),
-        ("RULES", state.rules.len(), capacity::RULES),
-    ];
-    for (map, needed, capacity) in checks {
-        // Two slots share each map during a swap, so a policy may use half of it.
-        if needed > (capacity / 2) as usize {
-            return Err(CompileError::TooLarge {
-                map,
-                needed,
-                capacity: capacity / 2,
-            });
+/// Sizes of the kernel's policy maps, in entries. Both policy slots share each map (the one in
+/// force and the one kept for rollback), so one policy may use half of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub addr_exact: u32,
+    pub addr_cidr: u32,
+    pub identities: u32,
+    pub rules: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            addr_exact: capacity::ADDR_EXACT,
+            addr_cidr: capacity::ADDR_CIDR,
+            identities: capacity::IDENTITIES,
+            rules: capacity::RULES,
         }
     }
-    Ok(())
+}
+
+impl DesiredState {
+    /// Checks that the state fits one slot of maps sized by `limits`, so that a policy too large
+    /// is refused before anything is written rather than by a write failing half-way.
+    ///
+    /// # Errors
+    /// [`CompileError::TooLarge`], naming the map, the limit and the flag that raises it.
+    pub fn check_fits(&self, limits: &Limits) -> Result<(), CompileError> {
+        let checks = [
+            (
+                "ADDR_EXACT",
+                self.addr_exact.len(),
+                limits.addr_exact,
+                "--max-addresses",
+            ),
+            (
+                "ADDR_CIDR",
+                self.addr_cidr.len(),
+                limits.addr_cidr,
+                "--max-cidrs",
+            ),
+            (
+                "IDENTITY_INFO",
+                self.identity_info.len(),
+                limits.identities,
+                "--max-identities",
+            ),
+            ("RULES", self.rules.len(), limits.rules, "--max-rules"),
+        ];
+        for (map, needed, size, flag) in checks {
+            if needed > (size / 2) as usize {
+                return Err(CompileError::TooLarge {
+                    map,
+                    needed,
+                    capacity: size / 2,
+                    flag,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

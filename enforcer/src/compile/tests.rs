@@ -1,7 +1,10 @@
 use enforcer_common::{RULE_AUDIT, RULE_FAILSAFE, VERDICT_ALLOW, VERDICT_DENY, identity, protocol};
 
 use super::*;
-use crate::policy::{Source, parse_sources};
+use crate::{
+    identity::IdentityAllocator,
+    policy::{Source, parse_sources},
+};
 
 fn compiled(text: &str, node: &str) -> (CompiledPolicy, Identities) {
     let policy = parse_sources(&[Source {
@@ -9,7 +12,8 @@ fn compiled(text: &str, node: &str) -> (CompiledPolicy, Identities) {
         text: text.to_owned(),
     }])
     .expect("valid policy");
-    let ids = Identities::build(&policy, node).expect("identities");
+    let ids =
+        Identities::build(&policy, node, &mut IdentityAllocator::default()).expect("identities");
     (compile(&policy, &ids).expect("compiles"), ids)
 }
 
@@ -381,9 +385,14 @@ fn split_entries_count_against_capacity() {
         text,
     }])
     .expect("valid policy");
-    let ids = Identities::build(&policy, "local").expect("identities");
-    match compile(&policy, &ids) {
-        Err(CompileError::TooLarge { map, needed, .. }) => {
+    let ids =
+        Identities::build(&policy, "local", &mut IdentityAllocator::default()).expect("identities");
+    let compiled = compile(&policy, &ids).expect("compiles");
+    match compiled.state.check_fits(&Limits::default()) {
+        Err(CompileError::TooLarge {
+            map, needed, flag, ..
+        }) => {
+            assert_eq!(flag, "--max-cidrs");
             assert_eq!(map, "ADDR_CIDR");
             assert_eq!(needed, room + 4 + 96);
         }

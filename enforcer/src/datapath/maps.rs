@@ -1,47 +1,48 @@
-//! Typed handles on the policy maps, and the slot-wise writes and diffs over them.
+//! Typed handles on the kernel's maps: the policy slots as a [`Datapath`], and the maps that are
+//! not policy (runtime facts, local addresses, the managed root).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs::File,
-};
+use std::{collections::BTreeSet, fs::File, io};
 
 use aya::Ebpf;
 use aya::maps::{
-    Array, CgroupArray, HashMap, MapData, PerCpuArray,
+    Array, CgroupArray, HashMap, MapData, MapError, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::{
-    ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo,
-    IdentityKey, LocalAddrKey, RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, Runtime, SlotConfig,
-    capacity, counter, maps as names,
+    AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo, IdentityKey,
+    LocalAddrKey, RuleLpmData, RuleValue, Runtime, SlotConfig, capacity, counter, maps as names,
 };
 
-use super::DatapathError;
-use crate::compile::DesiredState;
+use super::{
+    DatapathError,
+    image::{EntryKey, EntryValue, SlotImage},
+    slots::Datapath,
+};
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
     T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
 }
 
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 
-/// What has been written to one slot, so it can be emptied or diffed without reading the kernel.
-#[derive(Default)]
-struct Written {
-    cgroups: BTreeMap<u64, CgroupLabel>,
-    addr_exact: Vec<[u8; 16]>,
-    addr_cidr: Vec<(u32, [u8; 16])>,
-    identities: Vec<u32>,
-    rules: Vec<(u32, RuleLpmData)>,
+/// A delete of a key that is not there: the goal (no such entry) is met.
+fn absent_ok(result: Result<(), MapError>, map: &'static str) -> Result<(), DatapathError> {
+    match result {
+        Err(MapError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other.map_err(map_error(map)),
+    }
 }
 
-pub(super) struct PolicyMaps {
+/// The policy maps: both slots of every table.
+pub struct KernelMaps {
     active_slot: Array<MapData, u32>,
     slot_config: Array<MapData, SlotConfig>,
     cgroup_identity: HashMap<MapData, CgroupKey, CgroupLabel>,
@@ -49,15 +50,18 @@ pub(super) struct PolicyMaps {
     addr_cidr: LpmTrie<MapData, AddrLpmData, AddrValue>,
     identity_info: HashMap<MapData, IdentityKey, IdentityInfo>,
     rules: LpmTrie<MapData, RuleLpmData, RuleValue>,
-    written: [Written; 2],
-    /// Cgroup labels one slot may hold (half the map: two slots share it during a swap).
-    cgroup_capacity: u32,
+    counters: PerCpuArray<MapData, u64>,
 }
 
-impl PolicyMaps {
-    pub(super) fn take(ebpf: &mut Ebpf, cgroup_capacity: u32) -> Result<Self, DatapathError> {
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+impl KernelMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         Ok(Self {
-            cgroup_capacity,
             active_slot: take(ebpf, names::ACTIVE_SLOT)?,
             slot_config: take(ebpf, names::SLOT_CONFIG)?,
             cgroup_identity: take(ebpf, names::CGROUP_IDENTITY)?,
@@ -65,170 +69,143 @@ impl PolicyMaps {
             addr_cidr: take(ebpf, names::ADDR_CIDR)?,
             identity_info: take(ebpf, names::IDENTITY_INFO)?,
             rules: take(ebpf, names::RULES)?,
-            written: [Written::default(), Written::default()],
+            counters: take(ebpf, names::COUNTERS)?,
         })
     }
+}
 
-    pub(super) fn write_slot(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        state: &DesiredState,
-        cgroups: &BTreeMap<u64, CgroupLabel>,
-    ) -> Result<(), DatapathError> {
-        let index = slot as usize & 1;
-        for (id, info) in &state.identity_info {
-            let key = IdentityKey {
-                slot,
-                identity: *id,
-            };
-            self.identity_info
-                .insert(key, info, 0)
-                .map_err(map_error(names::IDENTITY_INFO))?;
-            self.written[index].identities.push(*id);
-        }
-        for (addr, value) in &state.addr_exact {
-            let key = AddrKey { slot, addr: *addr };
-            self.addr_exact
-                .insert(key, value, 0)
-                .map_err(map_error(names::ADDR_EXACT))?;
-            self.written[index].addr_exact.push(*addr);
-        }
-        for (prefix, value) in &state.addr_cidr {
-            let bits = ADDR_LPM_SLOT_BITS + u32::from(prefix.bits);
-            let key = Key::new(
-                bits,
-                AddrLpmData {
-                    slot,
-                    addr: prefix.addr,
-                },
-            );
-            self.addr_cidr
-                .insert(&key, value, 0)
-                .map_err(map_error(names::ADDR_CIDR))?;
-            self.written[index].addr_cidr.push((bits, prefix.addr));
-        }
-        for (rule, value) in &state.rules {
-            let data = RuleLpmData {
-                slot,
-                src_identity: rule.src_identity,
-                dst_identity: rule.dst_identity,
-                protocol: rule.protocol,
-                _pad: 0,
-                port_be: rule.ports.first.to_be(),
-            };
-            let bits = RULE_LPM_FIXED_BITS + u32::from(rule.ports.prefix_len);
-            self.rules
-                .insert(&Key::new(bits, data), value, 0)
-                .map_err(map_error(names::RULES))?;
-            self.written[index].rules.push((bits, data));
-        }
-        match self.sync_cgroups(slot, cgroups) {
-            // Cgroups that do not fit inherit their ancestors' labels or are held: never let out,
-            // so the policy still applies; the caller reports the shortfall on its next sync.
-            Ok(_) | Err(DatapathError::Full { .. }) => {}
-            Err(error) => return Err(error),
-        }
-        let config = SlotConfig {
-            generation,
-            ..state.config
-        };
-        self.slot_config
-            .set(slot, config, 0)
-            .map_err(map_error(names::SLOT_CONFIG))
+impl Datapath for KernelMaps {
+    fn active_slot(&self) -> Result<u32, DatapathError> {
+        self.active_slot
+            .get(&0, 0)
+            .map_err(map_error(names::ACTIVE_SLOT))
     }
 
-    /// One store: every decision after it reads `slot`.
-    pub(super) fn activate(&mut self, slot: u32) -> Result<(), DatapathError> {
+    fn set_active_slot(&mut self, slot: u32) -> Result<(), DatapathError> {
         self.active_slot
             .set(0, slot, 0)
             .map_err(map_error(names::ACTIVE_SLOT))
     }
 
-    pub(super) fn clear_slot(&mut self, slot: u32) {
-        let written = std::mem::take(&mut self.written[slot as usize & 1]);
-        // A key that is already gone is fine: the goal is an empty slot.
-        for id in written.identities {
-            let _ = self
+    fn read_slot(&self, slot: u32) -> Result<SlotImage, DatapathError> {
+        let mut image = SlotImage {
+            config: self
+                .slot_config
+                .get(&slot, 0)
+                .map_err(map_error(names::SLOT_CONFIG))?,
+            ..SlotImage::default()
+        };
+        let entries = &mut image.entries;
+        for item in self.identity_info.iter() {
+            let (key, info) = item.map_err(map_error(names::IDENTITY_INFO))?;
+            if key.slot == slot {
+                entries.insert(EntryKey::Identity(key.identity), EntryValue::Identity(info));
+            }
+        }
+        for item in self.addr_exact.iter() {
+            let (key, value) = item.map_err(map_error(names::ADDR_EXACT))?;
+            if key.slot == slot {
+                entries.insert(EntryKey::AddrExact(key.addr), EntryValue::Addr(value));
+            }
+        }
+        for item in self.addr_cidr.iter() {
+            let (key, value) = item.map_err(map_error(names::ADDR_CIDR))?;
+            let data = key.data();
+            if data.slot == slot {
+                let key = EntryKey::AddrCidr {
+                    bits: key.prefix_len(),
+                    addr: data.addr,
+                };
+                entries.insert(key, EntryValue::Addr(value));
+            }
+        }
+        for item in self.rules.iter() {
+            let (key, value) = item.map_err(map_error(names::RULES))?;
+            let data = key.data();
+            if data.slot == slot {
+                let key = EntryKey::Rule {
+                    bits: key.prefix_len(),
+                    data: RuleLpmData { slot: 0, ..data },
+                };
+                entries.insert(key, EntryValue::Rule(value));
+            }
+        }
+        for item in self.cgroup_identity.iter() {
+            let (key, label) = item.map_err(map_error(names::CGROUP_IDENTITY))?;
+            if key.slot == slot {
+                entries.insert(EntryKey::Cgroup(key.cgroup_id), EntryValue::Cgroup(label));
+            }
+        }
+        Ok(image)
+    }
+
+    fn set_config(&mut self, slot: u32, config: SlotConfig) -> Result<(), DatapathError> {
+        self.slot_config
+            .set(slot, config, 0)
+            .map_err(map_error(names::SLOT_CONFIG))
+    }
+
+    fn put(&mut self, slot: u32, key: &EntryKey, value: &EntryValue) -> Result<(), DatapathError> {
+        let map = key.map();
+        let result = match (*key, *value) {
+            (EntryKey::Identity(identity), EntryValue::Identity(info)) => self
                 .identity_info
-                .remove(&IdentityKey { slot, identity: id });
-        }
-        for addr in written.addr_exact {
-            let _ = self.addr_exact.remove(&AddrKey { slot, addr });
-        }
-        for (bits, addr) in written.addr_cidr {
-            let _ = self
+                .insert(IdentityKey { slot, identity }, info, 0),
+            (EntryKey::AddrExact(addr), EntryValue::Addr(value)) => {
+                self.addr_exact.insert(AddrKey { slot, addr }, value, 0)
+            }
+            (EntryKey::AddrCidr { bits, addr }, EntryValue::Addr(value)) => {
+                self.addr_cidr
+                    .insert(&Key::new(bits, AddrLpmData { slot, addr }), value, 0)
+            }
+            (EntryKey::Rule { bits, data }, EntryValue::Rule(value)) => {
+                self.rules
+                    .insert(&Key::new(bits, RuleLpmData { slot, ..data }), value, 0)
+            }
+            (EntryKey::Cgroup(cgroup_id), EntryValue::Cgroup(label)) => {
+                let key = CgroupKey {
+                    cgroup_id,
+                    slot,
+                    _pad: 0,
+                };
+                self.cgroup_identity.insert(key, label, 0)
+            }
+            _ => return Err(DatapathError::Mismatched { map }),
+        };
+        result.map_err(map_error(map))
+    }
+
+    fn delete(&mut self, slot: u32, key: &EntryKey) -> Result<(), DatapathError> {
+        let map = key.map();
+        let result = match *key {
+            EntryKey::Identity(identity) => {
+                self.identity_info.remove(&IdentityKey { slot, identity })
+            }
+            EntryKey::AddrExact(addr) => self.addr_exact.remove(&AddrKey { slot, addr }),
+            EntryKey::AddrCidr { bits, addr } => self
                 .addr_cidr
-                .remove(&Key::new(bits, AddrLpmData { slot, addr }));
-        }
-        for (bits, data) in written.rules {
-            let _ = self.rules.remove(&Key::new(bits, data));
-        }
-        for cgroup_id in written.cgroups.into_keys() {
-            let _ = self.cgroup_identity.remove(&CgroupKey {
+                .remove(&Key::new(bits, AddrLpmData { slot, addr })),
+            EntryKey::Rule { bits, data } => self
+                .rules
+                .remove(&Key::new(bits, RuleLpmData { slot, ..data })),
+            EntryKey::Cgroup(cgroup_id) => self.cgroup_identity.remove(&CgroupKey {
                 cgroup_id,
                 slot,
                 _pad: 0,
-            });
-        }
+            }),
+        };
+        absent_ok(result, map)
     }
 
-    pub(super) const fn cgroup_capacity(&self) -> u32 {
-        self.cgroup_capacity
-    }
-
-    pub(super) fn sync_cgroups(
-        &mut self,
-        slot: u32,
-        desired: &BTreeMap<u64, CgroupLabel>,
-    ) -> Result<(usize, usize), DatapathError> {
-        let written = &mut self.written[slot as usize & 1].cgroups;
-        let stale: Vec<u64> = written
-            .keys()
-            .filter(|id| !desired.contains_key(id))
-            .copied()
-            .collect();
-        for cgroup_id in &stale {
-            let key = CgroupKey {
-                cgroup_id: *cgroup_id,
-                slot,
-                _pad: 0,
-            };
-            // A cgroup removed since the last sync may already be gone from the map.
-            let _ = self.cgroup_identity.remove(&key);
-            written.remove(cgroup_id);
-        }
-        let mut changed = 0;
-        let mut unwritten = 0;
-        for (cgroup_id, label) in desired {
-            if written.get(cgroup_id) == Some(label) {
-                continue;
-            }
-            let is_new = !written.contains_key(cgroup_id);
-            if is_new && written.len() >= self.cgroup_capacity as usize {
-                unwritten += 1;
-                continue;
-            }
-            let key = CgroupKey {
-                cgroup_id: *cgroup_id,
-                slot,
-                _pad: 0,
-            };
-            self.cgroup_identity
-                .insert(key, label, 0)
-                .map_err(map_error(names::CGROUP_IDENTITY))?;
-            written.insert(*cgroup_id, *label);
-            changed += 1;
-        }
-        if unwritten > 0 {
-            return Err(DatapathError::Full {
-                map: names::CGROUP_IDENTITY,
-                capacity: self.cgroup_capacity,
-                unwritten,
-                flag: "--max-cgroups",
-            });
-        }
-        Ok((changed, stale.len()))
+    fn counters(&self) -> Result<Vec<u64>, DatapathError> {
+        (0..counter::COUNT)
+            .map(|index| {
+                self.counters
+                    .get(&index, 0)
+                    .map(|values| values.iter().sum())
+                    .map_err(map_error(names::COUNTERS))
+            })
+            .collect()
     }
 }
 
@@ -237,16 +214,23 @@ pub(super) struct HostMaps {
     runtime: Array<MapData, Runtime>,
     local_addrs: HashMap<MapData, LocalAddrKey, u32>,
     managed_root: CgroupArray<MapData>,
+    /// What `LOCAL_ADDRS` holds: read from the map at start (an adopted map keeps the addresses
+    /// an earlier daemon wrote), then kept by diff.
     written_addrs: BTreeSet<LocalAddrKey>,
 }
 
 impl HostMaps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let local_addrs: HashMap<MapData, LocalAddrKey, u32> = take(ebpf, names::LOCAL_ADDRS)?;
+        let written_addrs = local_addrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(names::LOCAL_ADDRS))?;
         Ok(Self {
             runtime: take(ebpf, names::RUNTIME)?,
-            local_addrs: take(ebpf, names::LOCAL_ADDRS)?,
+            local_addrs,
             managed_root: take(ebpf, names::MANAGED_ROOT)?,
-            written_addrs: BTreeSet::new(),
+            written_addrs,
         })
     }
 
@@ -277,16 +261,17 @@ impl HostMaps {
             .collect();
         let stale: Vec<LocalAddrKey> = self.written_addrs.difference(&desired).copied().collect();
         for key in &stale {
-            let _ = self.local_addrs.remove(key);
+            absent_ok(self.local_addrs.remove(key), names::LOCAL_ADDRS)?;
             self.written_addrs.remove(key);
         }
+        let missing: Vec<LocalAddrKey> = desired.difference(&self.written_addrs).copied().collect();
         let mut added = 0;
-        for key in desired.difference(&self.written_addrs.clone()) {
+        for key in &missing {
             if self.written_addrs.len() >= capacity::LOCAL_ADDRS as usize {
                 return Err(DatapathError::Full {
                     map: names::LOCAL_ADDRS,
                     capacity: capacity::LOCAL_ADDRS,
-                    unwritten: desired.len() - self.written_addrs.len(),
+                    unwritten: missing.len() - added,
                     flag: "(a rebuild with a larger capacity::LOCAL_ADDRS)",
                 });
             }
@@ -297,29 +282,5 @@ impl HostMaps {
             added += 1;
         }
         Ok((added, stale.len()))
-    }
-}
-
-/// The per-CPU verdict counters.
-pub struct Counters(PerCpuArray<MapData, u64>);
-
-impl Counters {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        Ok(Self(take(ebpf, names::COUNTERS)?))
-    }
-
-    /// Every counter summed over CPUs, in `enforcer_common::counter` order.
-    ///
-    /// # Errors
-    /// When the map cannot be read.
-    pub fn read(&self) -> Result<Vec<u64>, DatapathError> {
-        (0..counter::COUNT)
-            .map(|index| {
-                self.0
-                    .get(&index, 0)
-                    .map(|values| values.iter().sum())
-                    .map_err(map_error(names::COUNTERS))
-            })
-            .collect()
     }
 }

@@ -1,31 +1,47 @@
-//! The only aya user: loads the kernel programs, writes compiled policy into their maps, attaches
-//! them to the managed cgroup root, and hands out the event ring buffer and counters.
+//! The datapath: the two policy slots over a [`Datapath`] store ([`PolicySlots`]), the kernel's
+//! maps as one such store and an in-memory one, and the only aya user, [`KernelDatapath`], which
+//! loads the programs, pins them with their maps and links, and adopts what an earlier daemon
+//! pinned.
 //!
-//! Policy is written slot by slot: a new policy goes into the inactive slot, then one store to
-//! `ACTIVE_SLOT` switches every later decision to it, then the old slot is emptied. Cgroup labels
-//! are synced into the active slot by diff as cgroups come and go; the node's local addresses and
-//! the instance's runtime facts live outside the slots.
+//! Policy is written slot by slot (see [`slots`]); the node's local addresses and the instance's
+//! runtime facts live outside the slots.
 
+mod image;
+mod inspect;
 mod maps;
+mod memory;
+mod pins;
 mod programs;
+pub mod slots;
+#[cfg(test)]
+mod tests;
 
-use std::{collections::BTreeMap, collections::BTreeSet, io, path::Path};
+use std::{collections::BTreeSet, io, path::Path, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, RingBuf},
+    pin::PinError,
     programs::ProgramError,
 };
-use enforcer_common::{CgroupLabel, Runtime, maps as names};
+use enforcer_common::{Runtime, maps as names};
 
-use self::maps::{HostMaps, PolicyMaps};
-pub use self::{maps::Counters, programs::bpf_lsm_active};
-use crate::compile::DesiredState;
+use self::maps::HostMaps;
+pub use self::{
+    image::{EntryKey, EntryValue, SlotImage},
+    inspect::{PinnedLinkInfo, PinnedState, read_pins},
+    maps::KernelMaps,
+    memory::MemoryDatapath,
+    pins::{PinDir, layout_name},
+    programs::{Attached, bpf_lsm_active},
+    slots::{Applied, Datapath, PolicySlots, Repairs},
+};
+use crate::compile::Limits;
 
 /// The kernel object, built by `build.rs` from `enforcer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 
-/// Errors loading, attaching or writing the datapath.
+/// Errors loading, attaching, pinning or writing the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
@@ -52,6 +68,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("an entry of the wrong kind for map {map}")]
+    Mismatched { map: &'static str },
     #[error("opening cgroup {path}")]
     Cgroup {
         path: String,
@@ -67,65 +85,154 @@ pub enum DatapathError {
         unwritten: usize,
         flag: &'static str,
     },
+    #[error(
+        "slot {slot} does not read back as written ({wrong} entries missing or different, {unexpected} unexpected); the policy in force is unchanged"
+    )]
+    Verify {
+        slot: u32,
+        wrong: usize,
+        unexpected: usize,
+    },
+    #[error("there is no previous policy to roll back to")]
+    NoStandby,
+    #[error("pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pinning program or link {program}")]
+    PinLink {
+        program: &'static str,
+        #[source]
+        source: PinError,
+    },
+    #[error("mounting bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching or replacing the program of link {program}")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// How to load the datapath.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Size of the event ring buffer (a power of two, at least one page).
     pub event_buffer_bytes: u32,
     /// Entries of the cgroup label map, shared by the two policy slots.
     pub cgroup_entries: u32,
+    /// Sizes of the other policy maps.
+    pub limits: Limits,
     /// Load the BPF LSM programs (only where the kernel runs BPF LSM).
     pub lsm: bool,
+    /// The instance's bpffs directory.
+    pub pins: PathBuf,
+}
+
+impl LoadOptions {
+    /// The sizes that make up the map layout (see [`layout_name`]).
+    fn sizes(&self) -> [(&'static str, u32); 6] {
+        [
+            (names::EVENTS, self.event_buffer_bytes),
+            (names::CGROUP_IDENTITY, self.cgroup_entries),
+            (names::ADDR_EXACT, self.limits.addr_exact),
+            (names::ADDR_CIDR, self.limits.addr_cidr),
+            (names::IDENTITY_INFO, self.limits.identities),
+            (names::RULES, self.limits.rules),
+        ]
+    }
+}
+
+/// How the daemon found the instance's pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// Nothing was pinned: a first start.
+    Fresh,
+    /// The maps of this layout were pinned: their policy, sockets, counters and unread events
+    /// carry on.
+    Adopted,
+    /// Links were pinned but over maps of another layout: fresh maps were made beside them, and
+    /// the old ones are removed once this daemon's programs run.
+    NewLayout,
 }
 
 /// The loaded datapath.
-pub struct Datapath {
+pub struct KernelDatapath {
     ebpf: Ebpf,
-    maps: PolicyMaps,
+    slots: PolicySlots<KernelMaps>,
     host: HostMaps,
     events: Option<RingBuf<MapData>>,
-    /// Slot the kernel reads, once a policy has been applied.
-    active: Option<u32>,
-    generation: u32,
     lsm: bool,
     /// Why the LSM programs are not loaded although they were asked for.
     lsm_refused: Option<DatapathError>,
+    pins: PinDir,
+    layout: String,
+    adoption: Adoption,
+    /// Where bpffs was mounted for this instance, if it was not.
+    mounted: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Datapath {
+impl std::fmt::Debug for KernelDatapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath")
-            .field("active", &self.active)
-            .field("generation", &self.generation)
+        f.debug_struct("KernelDatapath")
+            .field("pins", &self.pins)
+            .field("layout", &self.layout)
+            .field("adoption", &self.adoption)
             .field("lsm", &self.lsm)
             .finish_non_exhaustive()
     }
 }
 
-impl Datapath {
-    /// Loads the programs into the kernel (verifier included) without attaching them.
+impl KernelDatapath {
+    /// Loads the programs into the kernel (verifier included) without attaching them, over the
+    /// instance's pinned maps when there are any (mounting bpffs if needed).
     ///
     /// # Errors
-    /// When the object is missing or the kernel refuses a program or map.
-    pub fn load(options: LoadOptions) -> Result<Self, DatapathError> {
+    /// When the object is missing, bpffs cannot be prepared, or the kernel refuses a program or
+    /// map.
+    pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        let pins = PinDir::new(&options.pins);
+        let layout = layout_name(&options.sizes());
+        let maps_dir = pins.maps(&layout);
+        let adoption = if maps_dir.join(names::ACTIVE_SLOT).exists() {
+            Adoption::Adopted
+        } else if pins.has_links() {
+            Adoption::NewLayout
+        } else {
+            Adoption::Fresh
+        };
+        let mounted = pins.prepare(&layout)?;
         let btf = if options.lsm {
             Some(Btf::from_sys_fs().map_err(DatapathError::Btf)?)
         } else {
             None
         };
-        let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
-            .map_max_entries(names::EVENTS, options.event_buffer_bytes)
-            .map_max_entries(names::CGROUP_IDENTITY, options.cgroup_entries)
-            .load(EBPF_OBJECT)
-            .map_err(DatapathError::Load)?;
+        let map_paths: Vec<(&str, PathBuf)> = names::ALL
+            .iter()
+            .map(|name| (*name, maps_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        for (name, size) in options.sizes() {
+            loader.map_max_entries(name, size);
+        }
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
         let lsm_refused = programs::load(&mut ebpf, btf.as_ref())?;
-        let maps = PolicyMaps::take(&mut ebpf, options.cgroup_entries / 2)?;
+        let maps = KernelMaps::take(&mut ebpf)?;
+        let slots = PolicySlots::adopt(maps, options.cgroup_entries as usize / 2)?;
         let host = HostMaps::take(&mut ebpf)?;
         let events = ebpf
             .take_map(names::EVENTS)
@@ -136,62 +243,39 @@ impl Datapath {
         })?;
         Ok(Self {
             ebpf,
-            maps,
+            slots,
             host,
             events: Some(events),
-            active: None,
-            generation: 0,
             lsm: options.lsm && lsm_refused.is_none(),
             lsm_refused,
+            pins,
+            layout,
+            adoption,
+            mounted,
         })
     }
 
-    /// Writes `state` and the cgroup labels into the inactive slot, switches the kernel to it, and
-    /// empties the old one. Returns the generation now in force.
-    ///
-    /// # Errors
-    /// When a policy map write fails; the previous policy then stays active. Cgroups beyond the
-    /// label map's capacity are not an error here (see [`Datapath::sync_cgroups`]).
-    pub fn apply(
-        &mut self,
-        state: &DesiredState,
-        cgroups: &BTreeMap<u64, CgroupLabel>,
-    ) -> Result<u32, DatapathError> {
-        let slot = self.active.map_or(0, |active| 1 - active);
-        let generation = self.generation.wrapping_add(1);
-        if let Err(error) = self.maps.write_slot(slot, generation, state, cgroups) {
-            // Leave nothing half-written behind in the slot nobody reads.
-            self.maps.clear_slot(slot);
-            return Err(error);
-        }
-        self.maps.activate(slot)?;
-        if let Some(old) = self.active.replace(slot) {
-            self.maps.clear_slot(old);
-        }
-        self.generation = generation;
-        Ok(generation)
-    }
-
-    /// Brings the active slot's cgroup labels in line with `cgroups`: deletes and adds only what
-    /// changed. Returns (added or changed, removed).
-    ///
-    /// # Errors
-    /// When a map write fails, or [`DatapathError::Full`] when some labels did not fit (the
-    /// rest are written; the unlabelled cgroups inherit or are held, never let out).
-    pub fn sync_cgroups(
-        &mut self,
-        cgroups: &BTreeMap<u64, CgroupLabel>,
-    ) -> Result<(usize, usize), DatapathError> {
-        match self.active {
-            Some(slot) => self.maps.sync_cgroups(slot, cgroups),
-            None => Ok((0, 0)),
-        }
-    }
-
-    /// How many cgroup labels one slot holds.
+    /// The policy slots.
     #[must_use]
-    pub const fn cgroup_capacity(&self) -> u32 {
-        self.maps.cgroup_capacity()
+    pub const fn slots(&self) -> &PolicySlots<KernelMaps> {
+        &self.slots
+    }
+
+    /// The policy slots, to write.
+    pub const fn slots_mut(&mut self) -> &mut PolicySlots<KernelMaps> {
+        &mut self.slots
+    }
+
+    /// How the pins were found at load.
+    #[must_use]
+    pub const fn adoption(&self) -> Adoption {
+        self.adoption
+    }
+
+    /// Where bpffs was mounted at load, if it had to be.
+    #[must_use]
+    pub fn mounted(&self) -> Option<&Path> {
+        self.mounted.as_deref()
     }
 
     /// Tells the kernel this instance's node namespace and the daemon's own cgroup.
@@ -214,15 +298,31 @@ impl Datapath {
         self.host.sync_local_addresses(netns_cookie, addrs)
     }
 
-    /// Attaches every program to the cgroup at `path`, for it and all cgroups below it; the LSM
-    /// programs are told that root and attached too.
+    /// Makes every program run on the cgroup at `path` and all cgroups below it: pinned links get
+    /// this daemon's programs in one step each, missing ones are made and pinned. Then the maps
+    /// of an older layout, which no program reads any more, are removed.
     ///
     /// # Errors
-    /// When the cgroup cannot be opened or the kernel refuses the attachment.
-    pub fn attach(&mut self, path: &Path) -> Result<(), DatapathError> {
+    /// When the cgroup cannot be opened, a pin cannot be written or the kernel refuses.
+    pub fn attach(&mut self, path: &Path) -> Result<Attached, DatapathError> {
         let cgroup = programs::open_cgroup(path)?;
         self.host.set_managed_root(&cgroup)?;
-        programs::attach(&mut self.ebpf, &cgroup, self.lsm)
+        let attached = programs::attach(&mut self.ebpf, &cgroup, self.lsm, &self.pins)?;
+        for old in self.pins.other_layouts(&self.layout)? {
+            std::fs::remove_dir_all(&old).map_err(|source| DatapathError::Pin {
+                path: old.clone(),
+                source,
+            })?;
+        }
+        Ok(attached)
+    }
+
+    /// Removes every pin of the instance: its programs are detached once this daemon exits.
+    ///
+    /// # Errors
+    /// When a pin cannot be removed.
+    pub fn unpin(&self) -> Result<(), DatapathError> {
+        self.pins.remove_all()
     }
 
     /// Why the BPF LSM programs were asked for but not loaded: the kernel refused one.
@@ -240,13 +340,5 @@ impl Datapath {
     /// The event ring buffer; `None` once taken.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
-    }
-
-    /// A handle to read the per-CPU verdict counters.
-    ///
-    /// # Errors
-    /// When the counters map is missing.
-    pub fn counters(&mut self) -> Result<Counters, DatapathError> {
-        Counters::take(&mut self.ebpf)
     }
 }

@@ -2,16 +2,21 @@
 
 use std::{fs, fs::File, io, path::Path};
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Btf, Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        CgroupSockopt, Lsm, Program, ProgramError,
+        CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm, Program, ProgramError,
+        links::FdLink,
     },
 };
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    pins::{self, PinDir},
+};
 
 /// What records sockets for the judges (`cgroup_sock`); attached first, so that sockets made
 /// while the judges are being attached are already known.
@@ -79,34 +84,114 @@ pub(super) fn load(
     Ok(None)
 }
 
-/// Attaches every loaded program: the cgroup ones to `cgroup` (and so to all cgroups below it),
-/// the LSM ones globally (they filter on the managed root themselves).
-pub(super) fn attach(ebpf: &mut Ebpf, cgroup: &File, lsm: bool) -> Result<(), DatapathError> {
-    // Through a bpf_link (kernel ≥ 5.7) "single" means flags 0, which is the only mode
-    // link_create accepts for cgroups; links always coexist with other programs.
-    let mode = CgroupAttachMode::Single;
-    for name in OBSERVERS {
-        program::<CgroupSock>(ebpf, name)?
-            .attach(cgroup, mode)
-            .map_err(failed(name))?;
-    }
-    program::<CgroupSkb>(ebpf, PACKET)?
-        .attach(cgroup, CgroupSkbAttachType::Egress, mode)
-        .map_err(failed(PACKET))?;
-    program::<CgroupSockopt>(ebpf, SOCKOPT)?
-        .attach(cgroup, mode)
-        .map_err(failed(SOCKOPT))?;
-    if lsm {
-        for hook in LSM_HOOKS {
-            program::<Lsm>(ebpf, hook)?.attach().map_err(failed(hook))?;
+/// The cgroup programs in the order they are attached, with their `bpf_attach_type`
+/// (`include/uapi/linux/bpf.h`). Observers first, so that sockets made while the judges are
+/// being attached are already known; the fast-path judges last.
+const CGROUP_ATTACH: [(&str, u32); 10] = [
+    ("sock_create", 2),
+    ("post_bind4", 12),
+    ("post_bind6", 13),
+    ("sock_release", 34),
+    (PACKET, 1),
+    (SOCKOPT, 22),
+    ("connect4", 10),
+    ("connect6", 11),
+    ("sendmsg4", 14),
+    ("sendmsg6", 15),
+];
+
+/// What attaching did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// Links made (and pinned) now.
+    pub created: usize,
+    /// Pinned links that now run this daemon's programs.
+    pub replaced: usize,
+}
+
+/// Makes every loaded program run: a program whose link is pinned is swapped into it
+/// (`BPF_LINK_UPDATE`, no moment without a program); any other gets a new link, pinned. The cgroup
+/// programs go on `cgroup` (and so on every cgroup below it), the LSM ones on their hooks (they
+/// filter on the managed root themselves). The programs are pinned too, for inspection.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    lsm: bool,
+    pins: &PinDir,
+) -> Result<Attached, DatapathError> {
+    let mut attached = Attached::default();
+    for (name, attach_type) in CGROUP_ATTACH {
+        let link = pins.link(name);
+        let program = ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        let fd = program.fd().map_err(failed(name))?.as_fd();
+        if link.exists() {
+            let pinned = pins::open_pin(&link)?;
+            pins::update_link(pinned.as_fd(), fd).map_err(link_error(name))?;
+            attached.replaced += 1;
+        } else {
+            let created = pins::create_cgroup_link(fd, cgroup.as_fd(), attach_type)
+                .map_err(link_error(name))?;
+            pins::pin(created.as_fd(), &link)?;
+            attached.created += 1;
         }
     }
-    for name in JUDGES {
-        program::<CgroupSockAddr>(ebpf, name)?
-            .attach(cgroup, mode)
-            .map_err(failed(name))?;
+    if lsm {
+        for hook in LSM_HOOKS {
+            let link = pins.link(hook);
+            if link.exists() {
+                let pinned = pins::open_pin(&link)?;
+                let program = program::<Lsm>(ebpf, hook)?;
+                let fd = program.fd().map_err(failed(hook))?.as_fd();
+                pins::update_link(pinned.as_fd(), fd).map_err(link_error(hook))?;
+                attached.replaced += 1;
+            } else {
+                let program = program::<Lsm>(ebpf, hook)?;
+                let id = program.attach().map_err(failed(hook))?;
+                let owned = program.take_link(id).map_err(failed(hook))?;
+                FdLink::from(owned)
+                    .pin(&link)
+                    .map_err(|source| DatapathError::PinLink {
+                        program: hook,
+                        source,
+                    })?;
+                attached.created += 1;
+            }
+        }
+    }
+    pin_programs(ebpf, pins, lsm)?;
+    Ok(attached)
+}
+
+/// Pins every attached program under `programs/`, replacing the pins of the programs it
+/// replaced (which the kernel then frees).
+fn pin_programs(ebpf: &mut Ebpf, pins: &PinDir, lsm: bool) -> Result<(), DatapathError> {
+    let lsm_hooks: &[&'static str] = if lsm { &LSM_HOOKS } else { &[] };
+    let names = CGROUP_ATTACH
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(lsm_hooks.iter().copied());
+    for name in names {
+        let path = pins.programs().join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DatapathError::Pin { path, source }),
+        }
+        ebpf.program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .pin(&path)
+            .map_err(|source| DatapathError::PinLink {
+                program: name,
+                source,
+            })?;
     }
     Ok(())
+}
+
+fn link_error(program: &'static str) -> impl Fn(io::Error) -> DatapathError {
+    move |source| DatapathError::Link { program, source }
 }
 
 /// Whether the kernel runs BPF LSM: `bpf` among the active LSMs. securityfs is read where it is

@@ -1,22 +1,32 @@
-//! OCSF 1.1.0 Network Activity (class 4001) rendering of [`FlowRecord`]s, with the
-//! `security_control` and `host` profiles: the event contract of POLICY.md, ready for a SIEM.
+//! OCSF 1.1.0 rendering, the event contract of POLICY.md ready for a SIEM:
+//!
+//! - [`FlowRecord`]s as Network Activity (class 4001), with the `security_control` and `host`
+//!   profiles;
+//! - [`PolicyRejection`]s as Device Config State Change (class 5019, category Discovery), with the
+//!   `host` profile (`security_control` is not defined for that class): the node's intended
+//!   configuration, the policy on disk, failed to take effect.
+//!
+//! Both share `metadata` (version, product) and `device` (the node), so a SIEM correlates a
+//! rejection with the denials that follow it.
 //!
 //! # Examples
 //!
 //! ```
-//! # use enforcer::events::ocsf::{Product, render};
-//! # fn show(record: &enforcer::events::FlowRecord) {
+//! # use enforcer::events::ocsf::{Product, render, render_rejection};
+//! # fn show(record: &enforcer::events::FlowRecord, rejection: &enforcer::events::PolicyRejection) {
 //! let event = render(record, &Product::default());
 //! assert_eq!(event["class_uid"], 4001);
+//! let event = render_rejection(rejection, &Product::default());
+//! assert_eq!(event["class_uid"], 5019);
 //! # }
 //! ```
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use enforcer_common::protocol;
 use serde_json::{Map, Value, json};
 
-use super::{FlowEndpoint, FlowRecord, Verdict};
+use super::{FlowEndpoint, FlowNode, FlowRecord, PolicyRejection, Verdict};
 
 /// OCSF schema version the events follow.
 pub const OCSF_VERSION: &str = "1.1.0";
@@ -40,8 +50,22 @@ const KERNEL_ESTABLISHED: [&str; 6] = [
     "actor.process.user.uid",
 ];
 
+/// Network Activity, in category Network Activity.
 const CLASS_UID: u32 = 4001;
 const CATEGORY_UID: u32 = 4;
+const PROFILES: [&str; 2] = ["security_control", "host"];
+
+/// Device Config State Change, in category Discovery.
+const REJECTION_CLASS_UID: u32 = 5019;
+const REJECTION_CATEGORY_UID: u32 = 5;
+/// The class's only activity that fits a daemon reporting on itself: Log (2 is Collect, a
+/// scanner gathering state).
+const REJECTION_ACTIVITY_ID: u32 = 1;
+/// Medium: the node keeps enforcing, but not the policy its operator wrote.
+const REJECTION_SEVERITY_ID: u32 = 3;
+/// Failure: the change of configuration did not happen.
+const STATUS_FAILURE: u32 = 2;
+const REJECTION_PROFILES: [&str; 1] = ["host"];
 
 /// `metadata.product`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,15 +126,38 @@ fn endpoint(endpoint: &FlowEndpoint) -> Value {
     Value::Object(object)
 }
 
+/// OCSF `time`: milliseconds since the epoch. `time` is required, so a clock set before 1970
+/// still yields a valid event (at 0) rather than losing it.
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// OCSF `device`: the enforcing node; `type_id` 6 (Virtual) or 1 (Server).
+fn device(node: &FlowNode) -> Value {
+    json!({
+        "hostname": node.hostname,
+        "type_id": if node.is_virtual { 6 } else { 1 },
+    })
+}
+
+fn metadata(product: &Product, profiles: &[&str]) -> Value {
+    json!({
+        "version": OCSF_VERSION,
+        "product": {
+            "name": product.name,
+            "vendor_name": product.vendor_name,
+            "version": product.version,
+        },
+        "profiles": profiles,
+    })
+}
+
 /// Renders one record as an OCSF event object.
 #[must_use]
 pub fn render(record: &FlowRecord, product: &Product) -> Value {
     let (activity_id, action_id, disposition_id) = verdict_ids(record.verdict);
-    // `time` is required: a clock set before 1970 still yields a valid event (at 0) rather than
-    // losing the denial.
-    let time = record.time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
-        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-    });
     let mut rule = Map::new();
     rule.insert("uid".to_owned(), json!(record.rule.uid));
     rule.insert("name".to_owned(), json!(record.rule.name));
@@ -124,7 +171,7 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
         "category_uid": CATEGORY_UID,
         "activity_id": activity_id,
         "type_uid": CLASS_UID * 100 + activity_id,
-        "time": time,
+        "time": millis(record.time),
         "action_id": action_id,
         "disposition_id": disposition_id,
         "severity_id": severity_id(record),
@@ -138,19 +185,8 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
         },
         "src_endpoint": endpoint(&record.src),
         "dst_endpoint": endpoint(&record.dst),
-        "device": {
-            "hostname": record.node.hostname,
-            "type_id": if record.node.is_virtual { 6 } else { 1 },
-        },
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": {
-                "name": product.name,
-                "vendor_name": product.vendor_name,
-                "version": product.version,
-            },
-            "profiles": ["security_control", "host"],
-        },
+        "device": device(&record.node),
+        "metadata": metadata(product, &PROFILES),
         "firewall_rule": Value::Object(rule),
         "count": record.count,
         "unmapped": {
@@ -188,6 +224,55 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
 #[must_use]
 pub fn to_json_line(record: &FlowRecord, product: &Product) -> String {
     render(record, product).to_string()
+}
+
+/// Renders a policy rejection as an OCSF Device Config State Change event: `status_id` 2
+/// (Failure), a one-line `message` for people, and the details under `unmapped` next to the flow
+/// events' own (`policy_dir`, `origin`, `policy_errors`, `in_force_version` when a policy is in
+/// force, `in_force_generation`): the class has no attribute for a list of errors.
+#[must_use]
+pub fn render_rejection(rejection: &PolicyRejection, product: &Product) -> Value {
+    let mut unmapped = Map::new();
+    unmapped.insert("policy_dir".to_owned(), json!(rejection.policy_dir));
+    unmapped.insert("origin".to_owned(), json!(rejection.origin));
+    unmapped.insert("policy_errors".to_owned(), json!(rejection.errors));
+    if let Some(version) = &rejection.in_force_version {
+        unmapped.insert("in_force_version".to_owned(), json!(version));
+    }
+    unmapped.insert(
+        "in_force_generation".to_owned(),
+        json!(rejection.in_force_generation),
+    );
+    json!({
+        "class_uid": REJECTION_CLASS_UID,
+        "category_uid": REJECTION_CATEGORY_UID,
+        "activity_id": REJECTION_ACTIVITY_ID,
+        "type_uid": REJECTION_CLASS_UID * 100 + REJECTION_ACTIVITY_ID,
+        "time": millis(rejection.time),
+        "severity_id": REJECTION_SEVERITY_ID,
+        "status_id": STATUS_FAILURE,
+        "message": rejection_message(rejection),
+        "device": device(&rejection.node),
+        "metadata": metadata(product, &REJECTION_PROFILES),
+        "unmapped": Value::Object(unmapped),
+    })
+}
+
+/// `policy in DIR rejected (ORIGIN): N errors; ` and what stays in force.
+fn rejection_message(rejection: &PolicyRejection) -> String {
+    let count = rejection.errors.len();
+    let errors = if count == 1 { "error" } else { "errors" };
+    let in_force = match (&rejection.in_force_version, rejection.in_force_generation) {
+        (Some(version), generation) => {
+            format!("version {version} (generation {generation}) stays in force")
+        }
+        (None, 0) => "no policy is in force".to_owned(),
+        (None, generation) => format!("generation {generation} stays in force, version unknown"),
+    };
+    format!(
+        "policy in {} rejected ({}): {count} {errors}; {in_force}",
+        rejection.policy_dir, rejection.origin
+    )
 }
 
 #[cfg(test)]

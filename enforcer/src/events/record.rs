@@ -1,5 +1,6 @@
-//! The enriched form of a kernel [`FlowEvent`](enforcer_common::FlowEvent): everything a sink needs,
-//! resolved against the policy that decided.
+//! What sinks receive: the enriched form of a kernel [`FlowEvent`](enforcer_common::FlowEvent)
+//! (everything a sink needs, resolved against the policy that decided), and the report of a
+//! policy the daemon refused to put in force.
 
 use std::{net::IpAddr, time::SystemTime};
 
@@ -105,4 +106,24 @@ pub struct FlowRecord {
     pub node: FlowNode,
     /// How many identical attempts this record stands for.
     pub count: u32,
+}
+
+/// A policy the daemon refused to put in force: the last good policy (if any) stays, and the
+/// SIEM learns that the policy on disk is not the one enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRejection {
+    pub time: SystemTime,
+    pub node: FlowNode,
+    /// The policy directory that was read.
+    pub policy_dir: String,
+    /// What asked for the load: `directory` (a change seen in it), `SIGHUP`, `control` (the API)
+    /// or `start`.
+    pub origin: String,
+    /// Every problem found, as the policy error's `Display` gives it: `file:line:column: message`,
+    /// or the message alone for a problem without a place (an unreadable directory).
+    pub errors: Vec<String>,
+    /// Content hash of the policy that stays in force; `None` when none is (a rejection at start).
+    pub in_force_version: Option<String>,
+    /// The kernel generation of the policy that stays in force (0: none loaded).
+    pub in_force_generation: u32,
 }

@@ -15,6 +15,15 @@ use super::{Policy, PolicyError, PolicyErrorKind, PolicyErrors, Source, build};
 /// Every problem found: unreadable files, no policy file at all, and everything
 /// [`parse_sources`](super::parse_sources) reports.
 pub fn load_dir(dir: &Path) -> Result<Policy, PolicyErrors> {
+    load_dir_with_sources(dir).map(|(policy, _)| policy)
+}
+
+/// [`load_dir`], also returning the files as read, so that the policy can be rebuilt exactly
+/// later (the daemon keeps them to explain the events of the generations it applied).
+///
+/// # Errors
+/// As [`load_dir`].
+pub fn load_dir_with_sources(dir: &Path) -> Result<(Policy, Vec<Source>), PolicyErrors> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     walk(dir, Path::new(""), &mut Vec::new(), &mut found, &mut errors);
@@ -35,7 +44,7 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyErrors> {
             PolicyErrorKind::NoPolicyFiles { dir },
         ));
     }
-    build(&sources, errors)
+    build(&sources, errors).map(|policy| (policy, sources))
 }
 
 /// `ancestors` holds the canonical paths of the directories being walked, so that a symbolic link

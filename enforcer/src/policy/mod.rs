@@ -24,14 +24,14 @@ use sha2::{Digest, Sha256};
 pub use self::{
     error::{PolicyError, PolicyErrorKind, PolicyErrors},
     glob::{GlobError, cgroup_glob},
-    load::load_dir,
+    load::{load_dir, load_dir_with_sources},
     model::*,
     ports::{PortTermError, UnknownMode, UnknownPacketSockets},
     raw::TableKind,
 };
 
 /// One policy file in memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// Relative to the policy directory; this is the path errors and rule uids show.
     pub path: PathBuf,

@@ -6,6 +6,7 @@
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
 //!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
 //!   udp-burst ADDR PORT COUNT
+//!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, as fast as it can, for MILLIS
 //! socket kinds and paths past the plain hooks (socket_kinds.rs):
 //!   udplite-sendto ADDR PORT | udplite-connect ADDR PORT | udplite-listen ADDR PORT
 //!   ping-sendto ADDR          unconnected ping socket: sendto, wait ≤ 2 s for the reply
@@ -28,7 +29,9 @@
 //! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).
 //! `udp-burst` sends COUNT datagrams from one socket as fast as it can and prints
 //! `sent=S refused=R pid=N` (exit 0 whatever the verdicts; 1 on any error but EPERM).
-//! Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
+//! `tcp-loop` prints `attempt T_MS PORT RESULT` per connection (RESULT `ok`, or the errno name;
+//! `ECONNREFUSED` means the kernel let the SYN out and the server answered), then `attempts=N
+//! pid=N` (exit 0 unless setup failed). Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
 //! datagram, and serve until killed. `--v6only` sets `IPV6_V6ONLY` before an IPv6 bind. Usage
 //! errors exit 2.
 //!
@@ -70,6 +73,7 @@ enum Action {
     TcpListen(SocketAddr),
     UdpListen(SocketAddr),
     UdpBurst(SocketAddr, u32),
+    TcpLoop(Duration, IpAddr, Vec<u16>),
     /// One of `socket_kinds`'s actions.
     Kind(socket_kinds::Action),
 }
@@ -121,6 +125,30 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             cgroup,
             netns,
             action: Action::Kind(kind),
+            v6only: false,
+        });
+    }
+    if verb == "tcp-loop" {
+        let millis: u64 = argv
+            .next()
+            .ok_or("missing MILLIS")?
+            .parse()
+            .map_err(|e| format!("bad MILLIS: {e}"))?;
+        let addr: IpAddr = argv
+            .next()
+            .ok_or("missing ADDR")?
+            .parse()
+            .map_err(|e| format!("bad ADDR: {e}"))?;
+        let ports = argv
+            .map(|p| p.parse().map_err(|e| format!("bad PORT {p:?}: {e}")))
+            .collect::<Result<Vec<u16>, String>>()?;
+        if ports.is_empty() {
+            return Err("missing PORT".to_owned());
+        }
+        return Ok(Args {
+            cgroup,
+            netns,
+            action: Action::TcpLoop(Duration::from_millis(millis), addr, ports),
             v6only: false,
         });
     }
@@ -193,6 +221,34 @@ fn unspecified(addr: &SocketAddr) -> SocketAddr {
 
 fn tcp_connect(addr: SocketAddr) -> io::Result<()> {
     TcpStream::connect_timeout(&addr, TIMEOUT).map(drop)
+}
+
+/// Connects to each port in turn until `length` has passed; returns the number of attempts.
+fn tcp_loop(length: Duration, addr: IpAddr, ports: &[u16]) -> usize {
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    while started.elapsed() < length {
+        for port in ports {
+            let result = TcpStream::connect_timeout(
+                &SocketAddr::new(addr, *port),
+                // Long enough for a SYN retransmit: a busy listener's full backlog drops the
+                // first SYN, which is no verdict.
+                Duration::from_secs(3),
+            )
+            .map_or_else(
+                |err| format!("{:?}", Errno::from_raw(errno_of(&err))),
+                |_| "ok".to_owned(),
+            );
+            let _ = writeln!(
+                out,
+                "attempt {} {port} {result}",
+                started.elapsed().as_millis()
+            );
+            attempts += 1;
+        }
+    }
+    attempts
 }
 
 fn udp_sendto(addr: SocketAddr) -> io::Result<()> {
@@ -341,8 +397,21 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Action::TcpLoop(length, addr, ports) = &args.action {
+        return match setup {
+            Ok(()) => {
+                let attempts = tcp_loop(*length, *addr, ports);
+                println!("attempts={attempts} pid={pid}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                println!("error errno={} pid={pid}", errno_of(&err));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = setup.and_then(|()| match args.action {
-        Action::UdpBurst(..) => unreachable!("handled above"),
+        Action::UdpBurst(..) | Action::TcpLoop(..) => unreachable!("handled above"),
         Action::Kind(ref kind) => socket_kinds::run(kind),
         Action::TcpConnect(addr) => tcp_connect(addr),
         Action::UdpSendto(addr) => udp_sendto(addr),

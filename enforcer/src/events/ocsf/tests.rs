@@ -5,7 +5,7 @@ use std::{
 
 use super::*;
 use crate::{
-    events::{FlowNode, FlowProcess, FlowRule, Layer},
+    events::{FlowNode, FlowProcess, FlowRule, Layer, PolicyRejection},
     policy::{Labels, Mode},
 };
 
@@ -380,4 +380,91 @@ fn a_json_line_is_one_line_of_the_same_event() {
     assert!(!line.contains('\n'), "{line}");
     let parsed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(parsed, rendered(&record));
+}
+
+/// A SIGHUP reload with two errors, the last good policy staying in force.
+fn rejection() -> PolicyRejection {
+    PolicyRejection {
+        time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_456),
+        node: FlowNode {
+            hostname: "app-1".to_owned(),
+            is_virtual: true,
+        },
+        policy_dir: "/etc/enforcer/policy".to_owned(),
+        origin: "SIGHUP".to_owned(),
+        errors: vec![
+            "rules/web.toml:12:1: unknown key `prots` in [[deny]]".to_owned(),
+            "segments.toml:3:10: unknown selector label".to_owned(),
+        ],
+        in_force_version: Some("abc123".to_owned()),
+        in_force_generation: 4,
+    }
+}
+
+#[test]
+fn a_rejection_renders_as_a_failed_config_change() {
+    let expected = json!({
+        "class_uid": 5019,
+        "category_uid": 5,
+        "activity_id": 1,
+        "type_uid": 501_901,
+        "time": 1_700_000_000_456_u64,
+        "severity_id": 3,
+        "status_id": 2,
+        "message": "policy in /etc/enforcer/policy rejected (SIGHUP): 2 errors; version abc123 (generation 4) stays in force",
+        "device": { "hostname": "app-1", "type_id": 6 },
+        "metadata": {
+            "version": "1.1.0",
+            "product": {
+                "name": "enforcer",
+                "vendor_name": "enforcer project",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "profiles": ["host"],
+        },
+        "unmapped": {
+            "policy_dir": "/etc/enforcer/policy",
+            "origin": "SIGHUP",
+            "policy_errors": [
+                "rules/web.toml:12:1: unknown key `prots` in [[deny]]",
+                "segments.toml:3:10: unknown selector label",
+            ],
+            "in_force_version": "abc123",
+            "in_force_generation": 4,
+        },
+    });
+    assert_eq!(
+        render_rejection(&rejection(), &Product::default()),
+        expected
+    );
+}
+
+#[test]
+fn a_rejection_says_what_stays_in_force() {
+    let message = |rejection: &PolicyRejection| {
+        render_rejection(rejection, &Product::default())["message"].clone()
+    };
+    let at_start = PolicyRejection {
+        origin: "start".to_owned(),
+        errors: vec!["p.toml:1:1: invalid TOML: expected a table".to_owned()],
+        in_force_version: None,
+        in_force_generation: 0,
+        ..rejection()
+    };
+    assert_eq!(
+        message(&at_start),
+        "policy in /etc/enforcer/policy rejected (start): 1 error; no policy is in force"
+    );
+    let event = render_rejection(&at_start, &Product::default());
+    assert!(event["unmapped"].get("in_force_version").is_none());
+    assert_eq!(event["unmapped"]["in_force_generation"], 0);
+    // Restarted over a kernel policy the daemon did not load itself.
+    let adopted = PolicyRejection {
+        in_force_generation: 9,
+        ..at_start
+    };
+    assert_eq!(
+        message(&adopted),
+        "policy in /etc/enforcer/policy rejected (start): 1 error; generation 9 stays in force, version unknown"
+    );
 }

@@ -19,7 +19,7 @@ use enforcer_common::{
 use super::decide_flow;
 use crate::{
     compile::{CompiledPolicy, DesiredState, compile},
-    identity::Identities,
+    identity::{Identities, IdentityAllocator},
     policy::{Policy, Source, load_dir, parse_sources},
 };
 
@@ -73,7 +73,8 @@ struct Case {
 
 impl Case {
     fn new(policy: Policy, node: &str) -> Self {
-        let ids = Identities::build(&policy, node).expect("identities");
+        let ids = Identities::build(&policy, node, &mut IdentityAllocator::default())
+            .expect("identities");
         let compiled = compile(&policy, &ids).expect("compiles");
         Self {
             policy,

@@ -1,0 +1,145 @@
+//! The event pipeline: one task reads the kernel's ring buffer and enriches what it reads, one
+//! writes records to the sink. They are joined by a bounded channel, so a slow sink makes the
+//! reader wait and the ring buffer fill (the kernel then counts what it cannot write), and
+//! neither ever waits on the reconciler.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::{
+    events::{Enricher, FlowRecord, PolicyContext, PolicyRejection, decode},
+    sinks::JsonLines,
+};
+
+/// Events handled per turn before the reader looks at its other inputs.
+const EVENTS_PER_TURN: usize = 512;
+
+/// Records waiting for the sink.
+pub const SINK_QUEUE: usize = 4096;
+
+/// What the sink task writes.
+#[derive(Debug)]
+pub enum Outgoing {
+    Flow(Box<FlowRecord>),
+    Rejection(Box<PolicyRejection>),
+}
+
+/// Reads the ring buffer until `cancel`, then drains what is left and returns.
+pub async fn read_events(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    mut enricher: Enricher,
+    mut contexts: watch::Receiver<BTreeMap<u32, Arc<PolicyContext>>>,
+    unknown: watch::Sender<u64>,
+    out: mpsc::Sender<Outgoing>,
+    cancel: CancellationToken,
+) {
+    enricher.set_generations(contexts.borrow_and_update().clone());
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            changed = contexts.changed() => {
+                if changed.is_err() { break; }
+                enricher.set_generations(contexts.borrow_and_update().clone());
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(error) => {
+                        error!(%error, "waiting for events failed; the event reader stops");
+                        break;
+                    }
+                };
+                let records = drain(guard.get_inner_mut(), &mut enricher, EVENTS_PER_TURN);
+                // A full turn may have left events behind: stay ready so the next turn reads on.
+                if records.read < EVENTS_PER_TURN {
+                    guard.clear_ready();
+                }
+                unknown.send_replace(enricher.unknown_generations());
+                for record in records.records {
+                    if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let records = drain(ring.get_mut(), &mut enricher, usize::MAX);
+    unknown.send_replace(enricher.unknown_generations());
+    for record in records.records {
+        if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Drained {
+    read: usize,
+    records: Vec<FlowRecord>,
+}
+
+fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, limit: usize) -> Drained {
+    let mut drained = Drained {
+        read: 0,
+        records: Vec::new(),
+    };
+    while drained.read < limit {
+        let Some(item) = ring.next() else {
+            break;
+        };
+        drained.read += 1;
+        match decode(&item) {
+            Ok(event) => drained
+                .records
+                .push(enricher.enrich(&event, decided_at(event.boot_ns))),
+            Err(error) => warn!(%error, "undecodable event"),
+        }
+    }
+    drained
+}
+
+/// The wall-clock time of a kernel decision stamped `boot_ns` (`CLOCK_BOOTTIME`): events read
+/// late (a burst, or a daemon restarted after a crash) keep the time they were decided at.
+fn decided_at(boot_ns: u64) -> SystemTime {
+    let now = SystemTime::now();
+    let Ok(boot_now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) else {
+        return now;
+    };
+    let boot_now = Duration::new(
+        u64::try_from(boot_now.tv_sec()).unwrap_or_default(),
+        u32::try_from(boot_now.tv_nsec()).unwrap_or_default(),
+    );
+    let age = boot_now.saturating_sub(Duration::from_nanos(boot_ns));
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// Writes records until every sender is gone, on a thread of its own: sink writes block (a full
+/// pipe, a slow disk), and must not hold up the async tasks. A failed write is counted and
+/// logged, never fatal: the daemon's exit is not the sink's to decide.
+pub fn write_events(mut sink: JsonLines, mut incoming: mpsc::Receiver<Outgoing>) {
+    let mut undelivered = 0_u64;
+    while let Some(outgoing) = incoming.blocking_recv() {
+        let sent = match &outgoing {
+            Outgoing::Flow(record) => sink.send(record),
+            Outgoing::Rejection(rejection) => sink.send_rejection(rejection),
+        };
+        if let Err(error) = sent {
+            undelivered += 1;
+            error!(%error, undelivered, "an event could not be written");
+        }
+    }
+    if undelivered > 0 {
+        warn!(undelivered, "events the sink failed to write");
+    }
+}
