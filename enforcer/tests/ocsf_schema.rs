@@ -32,32 +32,6 @@ fn validate(lines: &[String]) -> Output {
     run_validator(lines, &[workspace().join("tests/ocsf/validate.py").into()])
 }
 
-/// `validate.py` run as a module with its class and profiles switched to those of policy
-/// rejections, so that they are held to the same strictness (no attribute outside the class, the
-/// `type_uid`, version and profiles rules) without a second validator to keep in step.
-const AS_REJECTIONS: &str = "
-import sys
-sys.path.insert(0, sys.argv[1])
-import validate
-for name in ('CLASS', 'PROFILES'):
-    assert hasattr(validate, name), f'validate.py has no {name} to switch'
-validate.CLASS = 'device_config_state_change'
-validate.PROFILES = ['host']
-validate.main(sys.argv[2:])
-";
-
-/// Validates `lines` as OCSF 1.1.0 Device Config State Change events with the host profile.
-fn validate_rejections(lines: &[String]) -> Output {
-    run_validator(
-        lines,
-        &[
-            "-c".into(),
-            AS_REJECTIONS.into(),
-            workspace().join("tests/ocsf").into(),
-        ],
-    )
-}
-
 /// Runs the venv's python with `args`, then `lines` written as one JSON-lines file.
 fn run_validator(lines: &[String], args: &[std::ffi::OsString]) -> Output {
     let python = std::env::var_os("ENFORCER_OCSF_PYTHON").map_or_else(
@@ -367,7 +341,7 @@ fn rendered_rejections_validate() {
         .iter()
         .map(|rejection| render_rejection(rejection, &Product::default()).to_string())
         .collect();
-    let output = validate_rejections(&lines);
+    let output = validate(&lines);
     let report = report(&output);
     assert!(output.status.success(), "{report}");
     assert!(
@@ -376,12 +350,13 @@ fn rendered_rejections_validate() {
     );
 }
 
-/// The rejection check is of its own class: a flow event's attribute, an enum value outside the
-/// class, and the flow events' profiles are each rejected.
+/// Rejections are checked as their own class: a flow event's attribute, an enum value outside the
+/// class, and the flow events' profiles are each rejected; a class the enforcer does not emit is
+/// refused outright.
 #[test]
 fn the_rejection_validator_holds_them_to_their_class() {
     let good = render_rejection(&rejections()[0], &Product::default());
-    let mutations: [Mutation; 4] = [
+    let mutations: [Mutation; 5] = [
         ("network activity attribute", |e| {
             e["connection_info"] = json!({ "protocol_num": 6 });
         }),
@@ -393,6 +368,10 @@ fn the_rejection_validator_holds_them_to_their_class() {
         ("the flow events' profiles", |e| {
             e["metadata"]["profiles"] = json!(["security_control", "host"]);
         }),
+        ("a class the enforcer does not emit", |e| {
+            e["class_uid"] = json!(6002);
+            e["type_uid"] = json!(600_201);
+        }),
     ];
     let lines: Vec<String> = mutations
         .iter()
@@ -403,7 +382,7 @@ fn the_rejection_validator_holds_them_to_their_class() {
             event.to_string()
         })
         .collect();
-    let output = validate_rejections(&lines);
+    let output = validate(&lines);
     let report = report(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
     for (number, (what, _)) in (1..).zip(mutations) {

@@ -23,8 +23,9 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Panics unless every event in the JSON-lines file at `path` is valid OCSF 1.1.0 network activity
-/// with the security_control and host profiles (and the file holds at least one event). A missing
+/// Panics unless every event in the JSON-lines file at `path` is valid OCSF 1.1.0 of its class
+/// (network activity for flows, device config state change for policy rejections; see
+/// `validate.py`), and the file holds at least one event. A missing
 /// interpreter is a failure, not a skip: the OCSF contract is part of what every test checks.
 pub fn assert_valid_ocsf(path: &Path) {
     let python = python();
