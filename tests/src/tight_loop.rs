@@ -23,10 +23,16 @@ pub struct Attempt {
 
 impl Attempt {
     /// The kernel refused the connection: the socket hooks judge every TCP `connect` and refuse
-    /// it with `EPERM`. Anything else (`ok`, `ECONNREFUSED`, even a timeout) left the host.
+    /// it with `EPERM`.
     #[must_use]
     pub fn denied(&self) -> bool {
         self.result == "EPERM"
+    }
+
+    /// The connection left the host and was answered: accepted, or reset by a closed port.
+    #[must_use]
+    pub fn allowed(&self) -> bool {
+        matches!(self.result.as_str(), "ok" | "ECONNREFUSED")
     }
 }
 
@@ -101,7 +107,8 @@ impl Drop for TightLoop {
     }
 }
 
-/// Attempts per port as (allowed, denied).
+/// Attempts per port as (allowed, denied); panics on an attempt that is neither (a timeout, say),
+/// which no verdict explains.
 #[must_use]
 pub fn tally(attempts: &[Attempt]) -> BTreeMap<u16, (usize, usize)> {
     let mut counts: BTreeMap<u16, (usize, usize)> = BTreeMap::new();
@@ -110,6 +117,7 @@ pub fn tally(attempts: &[Attempt]) -> BTreeMap<u16, (usize, usize)> {
         if attempt.denied() {
             entry.1 += 1;
         } else {
+            assert!(attempt.allowed(), "an attempt with no verdict: {attempt:?}");
             entry.0 += 1;
         }
     }

@@ -15,6 +15,7 @@
 //! `datapath::pins`). The daemon never judges itself: the kernel exempts its own cgroup by id,
 //! and it learns routes and addresses over netlink (no inet socket).
 
+mod generation;
 mod pipeline;
 mod reconciler;
 mod startup;

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use enforcer_common::counter;
@@ -16,18 +16,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use super::generation::{Candidate, Loaded, candidate, now_seconds};
 use super::{
     DaemonError, OnExit, RunConfig, error_chain,
     pipeline::Outgoing,
     state::{GenerationRecord, Rejection, StateDir, Status},
 };
 use crate::{
-    compile::{self, CompiledPolicy},
+    compile,
     control::Response,
     datapath::{DatapathError, KernelDatapath},
     events::{FlowNode, PolicyContext, PolicyRejection},
-    identity::{CgroupTree, Identities, IdentityAllocator},
-    policy::{self, Policy, Source},
+    identity::{CgroupTree, IdentityAllocator},
+    policy,
 };
 
 /// Who asked for a reload.
@@ -66,80 +67,6 @@ pub enum Command {
     Status {
         reply: oneshot::Sender<Response>,
     },
-}
-
-/// A policy generation the daemon can explain: what compiled into a slot.
-#[derive(Debug)]
-pub struct Loaded {
-    pub generation: u32,
-    pub applied_at: u64,
-    pub identities: Identities,
-    pub compiled: CompiledPolicy,
-    pub context: Arc<PolicyContext>,
-    /// This node's addresses as the policy declares them: the last-resort source of an event.
-    pub node_addresses: Vec<IpAddr>,
-}
-
-/// A policy parsed, numbered and compiled, not yet applied.
-pub struct Candidate {
-    pub sources: Vec<Source>,
-    pub identities: Identities,
-    pub compiled: CompiledPolicy,
-    pub allocator: IdentityAllocator,
-    node_addresses: Vec<IpAddr>,
-}
-
-pub fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Numbers and compiles `policy` for this node, checking it fits the maps.
-///
-/// # Errors
-/// When the policy does not fit, or numbering runs out.
-pub fn candidate(
-    policy: &Policy,
-    sources: Vec<Source>,
-    config: &RunConfig,
-    allocator: &IdentityAllocator,
-) -> Result<Candidate, DaemonError> {
-    let mut allocator = allocator.clone();
-    let identities = Identities::build(policy, &config.node, &mut allocator)?;
-    let compiled = compile::compile(policy, &identities)?;
-    compiled.state.check_fits(&config.limits)?;
-    let node_addresses = policy
-        .nodes
-        .iter()
-        .find(|n| n.name == config.node)
-        .map(|n| n.addresses.clone())
-        .unwrap_or_default();
-    Ok(Candidate {
-        sources,
-        identities,
-        compiled,
-        allocator,
-        node_addresses,
-    })
-}
-
-impl Candidate {
-    /// The generation record and explanation of this policy once applied as `generation`.
-    pub fn loaded(self, generation: u32, applied_at: u64) -> Loaded {
-        let context = Arc::new(PolicyContext {
-            compiled: self.compiled.clone(),
-            identities: self.identities.clone(),
-        });
-        Loaded {
-            generation,
-            applied_at,
-            identities: self.identities,
-            compiled: self.compiled,
-            context,
-            node_addresses: self.node_addresses,
-        }
-    }
 }
 
 /// The reconciler's inputs besides commands.
@@ -267,7 +194,7 @@ impl Reconciler {
         let unchanged = self
             .active
             .as_ref()
-            .is_some_and(|active| active.compiled.version == policy.version);
+            .is_some_and(|active| active.context.compiled.version == policy.version);
         if unchanged {
             return Response::ok(
                 "the policy in force is unchanged",
@@ -364,7 +291,7 @@ impl Reconciler {
         if let Err(error) = self
             .datapath
             .slots_mut()
-            .label_cgroups(true, &standby.identities.label(&self.synced))
+            .label_cgroups(true, &standby.context.identities.label(&self.synced))
             && !matches!(error, DatapathError::Full { .. })
         {
             return Response::failed(
@@ -405,7 +332,7 @@ impl Reconciler {
             .active
             .as_ref()
             .filter(|active| active.generation == self.status.generation);
-        self.status.version = active.map(|active| active.compiled.version.clone());
+        self.status.version = active.map(|active| active.context.compiled.version.clone());
         self.status.applied_at = active.map(|active| active.applied_at);
         self.status.standby_generation = self.datapath.slots().standby_generation();
         self.status.last_written = written;
@@ -501,7 +428,7 @@ impl Reconciler {
             match self
                 .datapath
                 .slots_mut()
-                .label_cgroups(standby, &loaded.identities.label(tree))
+                .label_cgroups(standby, &loaded.context.identities.label(tree))
             {
                 Ok((changed, removed)) => {
                     if !standby && changed + removed > 0 {

@@ -407,6 +407,7 @@ fn enforce(
         cgroup_root = %cgroup_root.display(),
         cgroups = tree.len(),
         generation = reconciler.status.generation,
+        maps = ?reconciler.datapath.adoption(),
         adopted = attached.replaced,
         attached = attached.created,
         lsm = reconciler.datapath.lsm(),

@@ -271,11 +271,39 @@ impl<D: Datapath> PolicySlots<D> {
         Ok(repairs)
     }
 
-    /// Brings `slot` to `want` by diff against what the store holds now, then reads it back.
-    /// Returns how many entries were written or deleted.
+    /// Brings `slot` to `want` by diff against what it is meant to hold, then reads it back and
+    /// compares; a difference (a write that went astray, drift since the last reconcile) is
+    /// written again from what was read, and read back once more. Returns how many entries were
+    /// written or deleted.
     fn write_verified(&mut self, slot: u32, want: &SlotImage) -> Result<usize, DatapathError> {
-        let current = self.store.read_slot(slot)?;
-        let (put, delete) = diff(&current, want);
+        // Taken out for the diff rather than cloned: at 100k entries a copy is megabytes.
+        let believed = std::mem::take(&mut self.intended[slot as usize]);
+        let first = self.write_diff(slot, &believed, want);
+        self.intended[slot as usize] = believed;
+        let mut written = first?;
+        let mut check = self.store.read_slot(slot)?;
+        if check != *want {
+            written += self.write_diff(slot, &check, want)?;
+            check = self.store.read_slot(slot)?;
+        }
+        if check != *want {
+            let (wrong, unexpected) = diff(&check, want);
+            return Err(DatapathError::Verify {
+                slot,
+                wrong: wrong.len(),
+                unexpected: unexpected.len(),
+            });
+        }
+        Ok(written)
+    }
+
+    fn write_diff(
+        &mut self,
+        slot: u32,
+        current: &SlotImage,
+        want: &SlotImage,
+    ) -> Result<usize, DatapathError> {
+        let (put, delete) = diff(current, want);
         let written = put.len() + delete.len();
         for (key, value) in put {
             self.store.put(slot, key, value)?;
@@ -285,15 +313,6 @@ impl<D: Datapath> PolicySlots<D> {
         }
         if current.config != want.config {
             self.store.set_config(slot, want.config)?;
-        }
-        let check = self.store.read_slot(slot)?;
-        if check != *want {
-            let (missing, unexpected) = diff(&check, want);
-            return Err(DatapathError::Verify {
-                slot,
-                wrong: missing.len(),
-                unexpected: unexpected.len(),
-            });
         }
         Ok(written)
     }

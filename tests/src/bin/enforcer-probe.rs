@@ -6,7 +6,7 @@
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
 //!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
 //!   udp-burst ADDR PORT COUNT
-//!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, as fast as it can, for MILLIS
+//!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, 1 ms apart, for MILLIS
 //! socket kinds and paths past the plain hooks (socket_kinds.rs):
 //!   udplite-sendto ADDR PORT | udplite-connect ADDR PORT | udplite-listen ADDR PORT
 //!   ping-sendto ADDR          unconnected ping socket: sendto, wait ≤ 2 s for the reply
@@ -246,6 +246,8 @@ fn tcp_loop(length: Duration, addr: IpAddr, ports: &[u16]) -> usize {
                 started.elapsed().as_millis()
             );
             attempts += 1;
+            // Paced, so that the denials' events fit the ring buffer over a whole test.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     attempts
