@@ -88,55 +88,75 @@ impl Datapath for KernelMaps {
     }
 
     fn read_slot(&self, slot: u32) -> Result<SlotImage, DatapathError> {
-        let mut image = SlotImage {
-            config: self
-                .slot_config
+        let [first, second] = self.read_slots()?;
+        Ok(if slot & 1 == 0 { first } else { second })
+    }
+
+    fn read_slots(&self) -> Result<[SlotImage; 2], DatapathError> {
+        let config = |slot: u32| {
+            self.slot_config
                 .get(&slot, 0)
-                .map_err(map_error(names::SLOT_CONFIG))?,
-            ..SlotImage::default()
+                .map_err(map_error(names::SLOT_CONFIG))
         };
-        let entries = &mut image.entries;
+        let mut images = [
+            SlotImage {
+                config: config(0)?,
+                ..SlotImage::default()
+            },
+            SlotImage {
+                config: config(1)?,
+                ..SlotImage::default()
+            },
+        ];
+        // An entry of no slot (written by hand) is never read by the kernel: left alone.
+        let mut put = |slot: u32, key: EntryKey, value: EntryValue| {
+            if let Some(image) = images.get_mut(slot as usize) {
+                image.entries.insert(key, value);
+            }
+        };
         for item in self.identity_info.iter() {
             let (key, info) = item.map_err(map_error(names::IDENTITY_INFO))?;
-            if key.slot == slot {
-                entries.insert(EntryKey::Identity(key.identity), EntryValue::Identity(info));
-            }
+            put(
+                key.slot,
+                EntryKey::Identity(key.identity),
+                EntryValue::Identity(info),
+            );
         }
         for item in self.addr_exact.iter() {
             let (key, value) = item.map_err(map_error(names::ADDR_EXACT))?;
-            if key.slot == slot {
-                entries.insert(EntryKey::AddrExact(key.addr), EntryValue::Addr(value));
-            }
+            put(
+                key.slot,
+                EntryKey::AddrExact(key.addr),
+                EntryValue::Addr(value),
+            );
         }
         for item in self.addr_cidr.iter() {
             let (key, value) = item.map_err(map_error(names::ADDR_CIDR))?;
             let data = key.data();
-            if data.slot == slot {
-                let key = EntryKey::AddrCidr {
-                    bits: key.prefix_len(),
-                    addr: data.addr,
-                };
-                entries.insert(key, EntryValue::Addr(value));
-            }
+            let entry = EntryKey::AddrCidr {
+                bits: key.prefix_len(),
+                addr: data.addr,
+            };
+            put(data.slot, entry, EntryValue::Addr(value));
         }
         for item in self.rules.iter() {
             let (key, value) = item.map_err(map_error(names::RULES))?;
             let data = key.data();
-            if data.slot == slot {
-                let key = EntryKey::Rule {
-                    bits: key.prefix_len(),
-                    data: RuleLpmData { slot: 0, ..data },
-                };
-                entries.insert(key, EntryValue::Rule(value));
-            }
+            let entry = EntryKey::Rule {
+                bits: key.prefix_len(),
+                data: RuleLpmData { slot: 0, ..data },
+            };
+            put(data.slot, entry, EntryValue::Rule(value));
         }
         for item in self.cgroup_identity.iter() {
             let (key, label) = item.map_err(map_error(names::CGROUP_IDENTITY))?;
-            if key.slot == slot {
-                entries.insert(EntryKey::Cgroup(key.cgroup_id), EntryValue::Cgroup(label));
-            }
+            put(
+                key.slot,
+                EntryKey::Cgroup(key.cgroup_id),
+                EntryValue::Cgroup(label),
+            );
         }
-        Ok(image)
+        Ok(images)
     }
 
     fn set_config(&mut self, slot: u32, config: SlotConfig) -> Result<(), DatapathError> {

@@ -37,6 +37,14 @@ pub trait Datapath {
     /// # Errors
     /// When the store cannot be read.
     fn read_slot(&self, slot: u32) -> Result<SlotImage, DatapathError>;
+    /// Everything both slots hold now. A store whose tables hold both slots together overrides
+    /// this to read each table once.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn read_slots(&self) -> Result<[SlotImage; 2], DatapathError> {
+        Ok([self.read_slot(0)?, self.read_slot(1)?])
+    }
     /// # Errors
     /// When the store cannot be written.
     fn set_config(&mut self, slot: u32, config: SlotConfig) -> Result<(), DatapathError>;
@@ -102,7 +110,7 @@ impl<D: Datapath> PolicySlots<D> {
     /// When the store cannot be read.
     pub fn adopt(store: D, cgroup_capacity: usize) -> Result<Self, DatapathError> {
         let active = store.active_slot()? & 1;
-        let intended = [store.read_slot(0)?, store.read_slot(1)?];
+        let intended = store.read_slots()?;
         Ok(Self {
             store,
             active,
@@ -251,14 +259,15 @@ impl<D: Datapath> PolicySlots<D> {
             self.store.set_active_slot(self.active)?;
             repairs.configs += 1;
         }
+        let held = self.store.read_slots()?;
         for slot in [self.active, self.standby()] {
-            let current = self.store.read_slot(slot)?;
+            let current = &held[slot as usize];
             let want = &self.intended[slot as usize];
             if current.config != want.config {
                 self.store.set_config(slot, want.config)?;
                 repairs.configs += 1;
             }
-            let (put, delete) = diff(&current, want);
+            let (put, delete) = diff(current, want);
             for (key, value) in put {
                 self.store.put(slot, key, value)?;
                 *repairs.entries.entry(key.map()).or_default() += 1;
