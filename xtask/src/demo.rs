@@ -154,6 +154,7 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
     let events = scratch.path().join("events.jsonl");
     let ready = scratch.path().join("ready");
     let daemon_log = scratch.path().join("daemon.log");
+    let bpffs = scratch.path().join("bpffs");
     say(
         "starting: enforcer run --policy policies --node app-1 --cgroup-root <lab cgroup> --events <file>",
     );
@@ -173,7 +174,13 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
             .arg("--events")
             .arg(&events)
             .arg("--ready-file")
-            .arg(&ready),
+            .arg(&ready)
+            // An instance of the demo's own, gone with it: nothing stays pinned on this machine.
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--state-dir")
+            .arg(scratch.path().join("state"))
+            .args(["--on-exit", "detach"]),
         &daemon_log,
     )?;
     if wait_for(&ready, "", Duration::from_secs(15)).is_err() {
@@ -227,6 +234,9 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
             .join("\n")
     );
     drop(lab);
+    // The daemon mounted bpffs there (and removed its pins on exit); the scratch directory goes
+    // only once it is unmounted.
+    let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
     if !surprises.is_empty() {
         bail!(
             "enforcement differed from the policy: {}",
