@@ -218,3 +218,51 @@ fn an_unmounted_bpffs_is_mounted() {
         lab.daemon().stderr()
     );
 }
+
+#[test]
+fn a_daemon_with_another_map_layout_moves_enforcement_to_fresh_maps_with_no_gap() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let server = lab.server4();
+    let mut first = Daemon::start(&lab.daemon_args());
+    let before = lab.instance().status();
+    let old_layout = before["pinned"]["layout"]
+        .as_str()
+        .expect("layout")
+        .to_owned();
+    let web = lab.cgroups().path().join("web");
+    let probes = TightLoop::start(
+        &web,
+        lab.client_ns().name(),
+        Duration::from_secs(5),
+        server,
+        &[80, 81],
+    );
+    thread::sleep(Duration::from_secs(1));
+    first.stop().expect("it ran");
+    // Other map sizes are another layout: the pinned maps cannot be adopted as they are.
+    let second = Daemon::start(&DaemonArgs {
+        extra: &["--max-rules", "131072"],
+        ..lab.daemon_args()
+    });
+    let attempts = probes.finish();
+    assert_policy_held(&attempts);
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains("maps=NewLayout") && stderr.contains("adopted=10"),
+        "{stderr}"
+    );
+    let after = lab.instance().status();
+    let new_layout = after["pinned"]["layout"].as_str().expect("layout");
+    assert_ne!(new_layout, old_layout);
+    assert!(
+        !lab.instance().bpffs().join(&old_layout).exists(),
+        "the old maps are removed once no program reads them"
+    );
+    lab.probe("web")
+        .tcp_connect(server, 80)
+        .assert_errno("ECONNREFUSED");
+    lab.probe("web").tcp_connect(server, 81).assert_denied();
+}
