@@ -94,6 +94,7 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, limit: usize) -> 
         read: 0,
         records: Vec::new(),
     };
+    let clock = Clock::read();
     while drained.read < limit {
         let Some(item) = ring.next() else {
             break;
@@ -102,26 +103,44 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, limit: usize) -> 
         match decode(&item) {
             Ok(event) => drained
                 .records
-                .push(enricher.enrich(&event, decided_at(event.boot_ns))),
+                .push(enricher.enrich(&event, clock.decided_at(event.boot_ns))),
             Err(error) => warn!(%error, "undecodable event"),
         }
     }
     drained
 }
 
-/// The wall-clock time of a kernel decision stamped `boot_ns` (`CLOCK_BOOTTIME`): events read
-/// late (a burst, or a daemon restarted after a crash) keep the time they were decided at.
-fn decided_at(boot_ns: u64) -> SystemTime {
-    let now = SystemTime::now();
-    let Ok(boot_now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) else {
-        return now;
-    };
-    let boot_now = Duration::new(
-        u64::try_from(boot_now.tv_sec()).unwrap_or_default(),
-        u32::try_from(boot_now.tv_nsec()).unwrap_or_default(),
-    );
-    let age = boot_now.saturating_sub(Duration::from_nanos(boot_ns));
-    now.checked_sub(age).unwrap_or(now)
+/// Turns the kernel's decision stamps (`CLOCK_BOOTTIME`) into wall-clock times, so that events
+/// read late (a burst, or a daemon restarted after a crash) keep the time they were decided at.
+/// Both clocks are read once per batch.
+struct Clock {
+    now: SystemTime,
+    boot_now: Option<Duration>,
+}
+
+impl Clock {
+    fn read() -> Self {
+        let boot_now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .ok()
+            .map(|ts| {
+                Duration::new(
+                    u64::try_from(ts.tv_sec()).unwrap_or_default(),
+                    u32::try_from(ts.tv_nsec()).unwrap_or_default(),
+                )
+            });
+        Self {
+            now: SystemTime::now(),
+            boot_now,
+        }
+    }
+
+    fn decided_at(&self, boot_ns: u64) -> SystemTime {
+        let Some(boot_now) = self.boot_now else {
+            return self.now;
+        };
+        let age = boot_now.saturating_sub(Duration::from_nanos(boot_ns));
+        self.now.checked_sub(age).unwrap_or(self.now)
+    }
 }
 
 /// Writes records until every sender is gone, on a thread of its own: sink writes block (a full

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     compile::{self, CompiledPolicy},
     control,
-    datapath::{Adoption, DatapathError, KernelDatapath, LoadOptions, bpf_lsm_active},
+    datapath::{Adoption, DatapathError, KernelDatapath, LoadOptions, PinDir, bpf_lsm_active},
     events::{Enricher, FlowNode, ocsf::Product},
     host::{AddressWatcher, NetNs, SourceResolver, local_addresses, netns_cookie},
     identity::{CgroupTree, CgroupWatcher, Identities, IdentityAllocator, find_cgroup2_mount},
@@ -167,7 +167,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     // With nothing pinned there is nothing to keep in force: a broken policy is refused before
     // any work, with its typed errors (file:line:column each).
-    if !config.bpffs.join("links").exists() {
+    let pinned = PinDir::new(&config.bpffs).has_links();
+    if !pinned {
         policy::load_dir(&config.policy_dir).map_err(DaemonError::Policy)?;
     }
     let state = StateDir::create(&config.state_dir)?;
@@ -178,7 +179,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         .clone()
         .unwrap_or_else(|| cgroup_mount.clone());
     if let Some(status) = state.status()?
-        && config.bpffs.join("links").exists()
+        && pinned
         && status.cgroup_root != cgroup_root
         && !status.cgroup_root.as_os_str().is_empty()
     {

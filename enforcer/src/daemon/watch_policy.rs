@@ -23,7 +23,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::{OsStr, OsString},
     fs, io,
-    os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,6 +35,8 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     time::Instant,
 };
+
+use crate::identity::InotifyFd;
 
 /// Errors watching the policy directory.
 #[derive(Debug, thiserror::Error)]
@@ -76,15 +77,6 @@ const FLAGS: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
     .union(AddWatchFlags::IN_DELETE_SELF)
     .union(AddWatchFlags::IN_MOVE_SELF)
     .union(AddWatchFlags::IN_ONLYDIR);
-
-/// The inotify instance, as tokio's reactor registers it.
-struct InotifyFd(Inotify);
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
 
 /// Which events of one watched directory mean the policy may have changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -360,7 +352,7 @@ fn plan_tree(dir: &Path, seen: &mut BTreeSet<PathBuf>, plan: &mut BTreeMap<PathB
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::os::{fd::AsRawFd as _, unix::fs::symlink};
 
     use super::*;
 

@@ -44,7 +44,7 @@ fn open(dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
 pub fn read_pins(bpffs: &Path) -> Result<Option<PinnedState>, DatapathError> {
     let pins = PinDir::new(bpffs);
     let Some(maps) = pins
-        .other_layouts("")?
+        .layouts()?
         .into_iter()
         .find(|dir| dir.join(names::ACTIVE_SLOT).exists())
     else {

@@ -79,11 +79,11 @@ impl PinDir {
         self.links().join(program)
     }
 
-    /// Map directories of other layouts than `layout`: what an upgrade leaves behind.
+    /// Every map directory, whatever its layout.
     ///
     /// # Errors
     /// When the directory cannot be read.
-    pub fn other_layouts(&self, layout: &str) -> Result<Vec<PathBuf>, DatapathError> {
+    pub fn layouts(&self) -> Result<Vec<PathBuf>, DatapathError> {
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -92,12 +92,20 @@ impl PinDir {
         let mut found = Vec::new();
         for entry in entries {
             let entry = entry.map_err(pin_error(&self.root))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with("maps-") && name != layout {
+            if entry.file_name().to_string_lossy().starts_with("maps-") {
                 found.push(entry.path());
             }
         }
+        Ok(found)
+    }
+
+    /// Map directories of other layouts than `layout`: what an upgrade leaves behind.
+    ///
+    /// # Errors
+    /// When the directory cannot be read.
+    pub fn other_layouts(&self, layout: &str) -> Result<Vec<PathBuf>, DatapathError> {
+        let mut found = self.layouts()?;
+        found.retain(|dir| !dir.ends_with(layout));
         Ok(found)
     }
 

@@ -17,6 +17,7 @@ use enforcer_common::{CGROUP_HOLD, CgroupLabel, identity};
 use globset::GlobMatcher;
 
 use self::hold::SegmentGlob;
+pub(crate) use self::watch::InotifyFd;
 pub use self::{
     allocator::IdentityAllocator,
     cgroups::{CgroupError, CgroupTree, find_cgroup2_mount},

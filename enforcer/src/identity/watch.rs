@@ -29,8 +29,9 @@ pub enum WatchError {
     Read(#[source] io::Error),
 }
 
-/// The inotify instance, as tokio's reactor registers it.
-struct InotifyFd(Inotify);
+/// The inotify instance, as tokio's reactor registers it (the policy directory watcher uses it
+/// too).
+pub(crate) struct InotifyFd(pub(crate) Inotify);
 
 impl AsRawFd for InotifyFd {
     fn as_raw_fd(&self) -> RawFd {
