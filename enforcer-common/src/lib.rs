@@ -56,10 +56,15 @@ pub mod maps {
     /// `CgroupArray`, one entry: the managed cgroup root, for the task-keyed LSM programs that
     /// are not attached to a cgroup.
     pub const MANAGED_ROOT: &str = "MANAGED_ROOT";
+    /// `LruHashMap<FlowKey, FlowState>`: connection tracking, keyed by each flow's opening
+    /// direction, for what a socket's own memory cannot tell: replies to datagrams sent to many
+    /// peers, an accepted socket's first packet, the sender of a flow between two local
+    /// workloads. An evicted entry is judged again, never allowed.
+    pub const FLOWS: &str = "FLOWS";
 
     /// Every map, as pinned under an instance's bpffs directory so that a restarted daemon
     /// adopts them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ACTIVE_SLOT,
         SLOT_CONFIG,
         CGROUP_IDENTITY,
@@ -76,6 +81,7 @@ pub mod maps {
         LOCAL_ADDRS,
         RUNTIME,
         MANAGED_ROOT,
+        FLOWS,
     ];
 }
 
@@ -83,7 +89,7 @@ pub mod maps {
 /// a later daemon only when it was built for the same version (and the same sizes); bump it on any
 /// change to a map or to a type stored in one, so that a new daemon puts fresh maps beside the
 /// old ones instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
 /// half-way.
@@ -98,6 +104,9 @@ pub mod capacity {
     /// judged again, never let through unjudged.
     pub const SOCKETS: u32 = 131_072;
     pub const LOCAL_ADDRS: u32 = 4_096;
+    /// Tracked flows (see [`FLOWS`](crate::maps::FLOWS)); older ones are evicted and judged
+    /// again.
+    pub const FLOWS: u32 = 262_144;
     /// Ring buffer size in bytes (a power of two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -187,7 +196,17 @@ pub mod counter {
     pub const DEFERRED_LOCAL: u32 = 19;
     /// The cgroup ancestor walk hit its bound before finding a labelled ancestor. Fails closed.
     pub const ERR_CGROUP_TOO_DEEP: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Packets of a flow found in the flow table (a reply, an accepted socket's first packets,
+    /// another peer of a datagram socket): passed without judging, never judged as a new
+    /// connection.
+    pub const TRACKED: u32 = 21;
+    /// Packets of an established flow that the policy now in force denies (judged again because
+    /// the generation that allowed it was replaced). Counted besides the verdict counter.
+    pub const REVOKED: u32 = 22;
+    /// An inbound flow from a local sender that the sender's own egress already judged with both
+    /// real identities under the policy in force: its verdict is followed, not taken again.
+    pub const JUDGED_AT_ORIGIN: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -212,6 +231,9 @@ pub mod counter {
         "err_socket_update",
         "deferred_local",
         "err_cgroup_too_deep",
+        "tracked",
+        "revoked",
+        "judged_at_origin",
     ];
 }
 
@@ -314,21 +336,37 @@ pub struct SocketOwner {
     pub comm: [u8; 16],
 }
 
-/// Value of [`SOCKET_VERDICTS`](maps::SOCKET_VERDICTS): the last flow judged on a socket.
+/// Value of [`SOCKET_VERDICTS`](maps::SOCKET_VERDICTS): the last flow judged on a socket, in
+/// either direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SocketVerdict {
-    /// Network byte order, IPv4-mapped.
-    pub dst_addr: [u8; 16],
+    /// The remote end of the flow, network byte order, IPv4-mapped.
+    pub peer_addr: [u8; 16],
     /// The generation of the policy that judged it: a new policy judges again.
     pub generation: u32,
-    /// Host byte order (0 for ICMP and protocols without ports).
-    pub dst_port: u16,
+    /// The flow's destination port, host byte order: the peer's for [`FLOW_OUTBOUND`], the
+    /// socket's own for [`FLOW_INBOUND`] (0 for ICMP and protocols without ports).
+    pub port: u16,
     /// Folded protocol (see [`decide::fold_protocol`]).
     pub protocol: u8,
     /// [`VERDICT_ALLOW`], [`VERDICT_DENY`] or [`VERDICT_AUDIT`].
     pub verdict: u8,
+    /// [`FLOW_OUTBOUND`] (the socket opened the flow) or [`FLOW_INBOUND`] (the peer did).
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// The identity of the remote end when the flow was judged, so that a flow judged again
+    /// after a policy change keeps its origin's identity.
+    pub peer_identity: u32,
 }
+
+/// The flow was opened by this end (egress).
+pub const FLOW_OUTBOUND: u8 = 1;
+/// The flow was opened by the remote end (ingress).
+pub const FLOW_INBOUND: u8 = 2;
+
+pub mod flow;
+pub use flow::{FlowKey, FlowState};
 
 /// Key of [`LOCAL_ADDRS`](maps::LOCAL_ADDRS).
 #[repr(C)]
@@ -455,6 +493,8 @@ pub mod hook {
     pub const LSM_CONNECT: u8 = 6;
     /// BPF LSM `socket_sendmsg`, for sockets created outside the managed subtree.
     pub const LSM_SENDMSG: u8 = 7;
+    /// `cgroup_skb/ingress`: flows arriving at a socket of the managed subtree.
+    pub const SKB_INGRESS: u8 = 8;
 }
 
 /// Why a connection was denied (or audited).
@@ -476,13 +516,16 @@ pub mod reason {
 }
 
 /// Version of [`FlowEvent`]'s layout and meaning; bump on any change.
-pub const FLOW_EVENT_VERSION: u16 = 2;
+pub const FLOW_EVENT_VERSION: u16 = 3;
 
 /// [`FlowEvent::flags`]: `pid`, `uid` and `comm` are those of the process that created the socket
 /// (recorded when it was created), not of the task current at the decision.
 pub const EVENT_PROCESS_FROM_SOCKET: u8 = 1;
 /// [`FlowEvent::flags`]: the process is unknown (`pid`, `uid` and `comm` are zero).
 pub const EVENT_NO_PROCESS: u8 = 2;
+/// [`FlowEvent::flags`]: an established flow that a new policy denies; its packets are dropped
+/// from now on and user space aborts its socket ([`FlowEvent::socket_cookie`]).
+pub const EVENT_REVOKED: u8 = 4;
 
 /// One denied or audited connection attempt, written to [`EVENTS`](maps::EVENTS).
 #[repr(C)]
@@ -522,6 +565,10 @@ pub struct FlowEvent {
     pub dst_addr: [u8; 16],
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// `bpf_get_socket_cookie` of the local socket; 0 when there is none.
+    pub socket_cookie: u64,
+    /// `bpf_get_netns_cookie` of the local socket's network namespace; 0 when unknown.
+    pub netns_cookie: u64,
 }
 
 pub mod decide;
@@ -536,7 +583,7 @@ const _: () = {
     assert!(size_of::<ListenerKey>() == 32);
     assert!(offset_of!(ListenerKey, port) == 24);
     assert!(size_of::<SocketOwner>() == 40);
-    assert!(size_of::<SocketVerdict>() == 24);
+    assert!(size_of::<SocketVerdict>() == 32);
     assert!(size_of::<LocalAddrKey>() == 24);
     assert!(size_of::<Runtime>() == 32);
     assert!(size_of::<ListenerValue>() == 16);
@@ -549,7 +596,7 @@ const _: () = {
     assert!(offset_of!(FlowEvent, generation) == 8);
     assert!(offset_of!(FlowEvent, cgroup_id) == 40);
     assert!(offset_of!(FlowEvent, src_addr) == 56);
-    assert!(size_of::<FlowEvent>() == 104);
+    assert!(size_of::<FlowEvent>() == 120);
 };
 
 /// Maps an IPv4 address (network-order octets) to the 16-byte form every map uses.

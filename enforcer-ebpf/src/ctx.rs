@@ -45,15 +45,9 @@ pub(crate) mod sock {
     pub(crate) const SRC_IP6_2: usize = SRC_IP6 + 8;
     pub(crate) const SRC_IP6_3: usize = SRC_IP6 + 12;
     pub(crate) const SRC_PORT: usize = offset_of!(bpf_sock, src_port);
-    pub(crate) const DST_PORT: usize = offset_of!(bpf_sock, dst_port);
     pub(crate) const STATE: usize = offset_of!(bpf_sock, state);
     /// `BPF_TCP_LISTEN`.
     pub(crate) const TCP_LISTEN: u32 = 10;
-    pub(crate) const DST_IP4: usize = offset_of!(bpf_sock, dst_ip4);
-    pub(crate) const DST_IP6: usize = offset_of!(bpf_sock, dst_ip6);
-    pub(crate) const DST_IP6_1: usize = DST_IP6 + 4;
-    pub(crate) const DST_IP6_2: usize = DST_IP6 + 8;
-    pub(crate) const DST_IP6_3: usize = DST_IP6 + 12;
     pub(crate) const AF_INET6: u32 = 10;
 }
 

@@ -62,7 +62,6 @@ pub(crate) fn place<V: PolicyView>(
     if netns != 0 && netns == runtime.node_netns_cookie {
         Place::Local
     } else {
-        count(counter::ERR_UNRESOLVED_LOCAL);
         Place::ElsewhereOnNode
     }
 }
@@ -89,64 +88,166 @@ pub(crate) enum Owner {
     Unresolved,
 }
 
-/// Finds the socket that would receive `dst_addr:dst_port` in the context's namespace.
-/// Returns a referenced socket the caller must release, or null.
+/// Four `u32` words of a 16-byte address, as `bpf_sock_tuple` holds IPv6.
 #[inline(always)]
-fn lookup(ctx: *mut c_void, dst_addr: &[u8; 16], dst_port: u16, folded: u8) -> *mut bpf_sock {
-    let port_be = dst_port.to_be();
-    let (mut tuple, size) = if is_ipv4_mapped(dst_addr) {
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([
+            addr[i * 4],
+            addr[i * 4 + 1],
+            addr[i * 4 + 2],
+            addr[i * 4 + 3],
+        ]);
+        i += 1;
+    }
+    words
+}
+
+/// A packet as its socket sees it: `local` is the socket's end, whichever way it travels.
+/// Addresses in network byte order, IPv4-mapped; ports in host byte order.
+#[derive(Default)]
+pub(crate) struct Ends {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// IANA protocol number as the packet has it.
+    pub protocol: u8,
+    /// Folded (see `fold_protocol`).
+    pub folded: u8,
+    pub tcp_flags: u8,
+    /// An IPv6 routing header or an IPv4 source route.
+    pub source_routed: bool,
+    /// A fragment other than the first: no transport header to judge.
+    pub later_fragment: bool,
+}
+
+/// Finds the socket at the remote end of `ends` (the one that would receive a packet from the
+/// local end), in the context's namespace (TCP or, for any other folded protocol, UDP). Returns a
+/// referenced socket the caller must release, or null.
+#[inline(always)]
+fn lookup_remote(ctx: *mut c_void, ends: &Ends) -> *mut bpf_sock {
+    let ports = (u32::from(ends.local_port) << 16) | u32::from(ends.remote_port);
+    if is_ipv4_mapped(&ends.remote_addr) {
+        lookup_v4(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
+    } else {
+        lookup_v6(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
+    }
+}
+
+/// Finds the socket receiving connections to `addr:port`. Inlined into its callers, which are
+/// BPF functions of their own: another call level would not fit the stack.
+#[inline(always)]
+fn lookup_local(ctx: *mut c_void, addr: &[u8; 16], port: u16, folded: u8) -> *mut bpf_sock {
+    let dport = port.to_be();
+    let (mut raw, size) = if is_ipv4_mapped(addr) {
         (
             bpf_sock_tuple {
                 __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
                     ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
                         saddr: 0,
-                        daddr: u32::from_ne_bytes([
-                            dst_addr[12],
-                            dst_addr[13],
-                            dst_addr[14],
-                            dst_addr[15],
-                        ]),
+                        daddr: u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
                         sport: 0,
-                        dport: port_be,
+                        dport,
                     },
                 },
             },
             size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
         )
     } else {
-        let mut daddr = [0u32; 4];
-        let mut i = 0;
-        while i < 4 {
-            daddr[i] = u32::from_ne_bytes([
-                dst_addr[i * 4],
-                dst_addr[i * 4 + 1],
-                dst_addr[i * 4 + 2],
-                dst_addr[i * 4 + 3],
-            ]);
-            i += 1;
-        }
         (
             bpf_sock_tuple {
                 __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
                     ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
                         saddr: [0; 4],
-                        daddr,
+                        daddr: words(addr),
                         sport: 0,
-                        dport: port_be,
+                        dport,
                     },
                 },
             },
             size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
         )
     };
-    // SAFETY: the tuple lives on our stack for the call; the helper copies what it needs.
+    call_lookup(ctx, &mut raw, size, folded)
+}
+
+/// Calls the lookup helper of `folded` on a tuple of `size` bytes.
+#[inline(always)]
+fn call_lookup(
+    ctx: *mut c_void,
+    raw: &mut bpf_sock_tuple,
+    size: usize,
+    folded: u8,
+) -> *mut bpf_sock {
+    // SAFETY: the tuple lives on the caller's stack for the call; the helper copies what it
+    // needs.
     unsafe {
         if folded == protocol::TCP {
-            bpf_sk_lookup_tcp(ctx, &raw mut tuple, size as u32, CURRENT_NETNS, 0)
+            bpf_sk_lookup_tcp(ctx, raw, size as u32, CURRENT_NETNS, 0)
         } else {
-            bpf_sk_lookup_udp(ctx, &raw mut tuple, size as u32, CURRENT_NETNS, 0)
+            bpf_sk_lookup_udp(ctx, raw, size as u32, CURRENT_NETNS, 0)
         }
     }
+}
+
+/// The IPv4 lookup. Its own BPF function, apart from the IPv6 one: sharing their tail lets LLVM
+/// merge stores the verifier cannot follow.
+/// `ports` holds the source port in its high and the destination port in its low 16 bits (host
+/// byte order), because BPF calls take at most five arguments.
+#[inline(never)]
+fn lookup_v4(
+    ctx: *mut c_void,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    ports: u32,
+    folded: u8,
+) -> *mut bpf_sock {
+    let mut raw = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: u32::from_ne_bytes([src[12], src[13], src[14], src[15]]),
+                daddr: u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]),
+                sport: ((ports >> 16) as u16).to_be(),
+                dport: (ports as u16).to_be(),
+            },
+        },
+    };
+    call_lookup(
+        ctx,
+        &mut raw,
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+        folded,
+    )
+}
+
+/// The IPv6 lookup (see [`lookup_v4`]).
+#[inline(never)]
+fn lookup_v6(
+    ctx: *mut c_void,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    ports: u32,
+    folded: u8,
+) -> *mut bpf_sock {
+    let mut raw = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: words(src),
+                daddr: words(dst),
+                sport: ((ports >> 16) as u16).to_be(),
+                dport: (ports as u16).to_be(),
+            },
+        },
+    };
+    call_lookup(
+        ctx,
+        &mut raw,
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
+        folded,
+    )
 }
 
 /// The [`ListenerKey`] of a socket the kernel found.
@@ -180,7 +281,7 @@ pub(crate) fn owner_from_bind(ctx: *mut c_void, query: &LocalQuery) -> Owner {
         // Only the kernel itself answers other protocols on a local address (ping, raw).
         return Owner::Identity(query.local_identity);
     }
-    let sk = lookup(ctx, &query.dst_addr, query.dst_port, folded);
+    let sk = lookup_local(ctx, &query.dst_addr, query.dst_port, folded);
     if sk.is_null() {
         return Owner::Identity(query.local_identity);
     }
@@ -219,7 +320,7 @@ pub(crate) fn owner_from_kernel(ctx: *mut c_void, query: &LocalQuery, runtime: &
     if folded != protocol::TCP && folded != protocol::UDP {
         return Owner::Identity(local_identity);
     }
-    let sk = lookup(ctx, &query.dst_addr, query.dst_port, folded);
+    let sk = lookup_local(ctx, &query.dst_addr, query.dst_port, folded);
     if sk.is_null() {
         return Owner::Identity(local_identity);
     }
@@ -245,4 +346,62 @@ pub(crate) fn owner_from_kernel(ctx: *mut c_void, query: &LocalQuery, runtime: &
         }
         None => Owner::Identity(local_identity),
     }
+}
+
+/// Who sent a packet that arrived from a local address: the socket the kernel would deliver a
+/// packet of the reverse direction to, in the receiving socket's namespace.
+pub(crate) enum Sender {
+    /// A socket of the managed subtree: its own egress judged the flow, with both identities.
+    Managed(u32),
+    /// Not a socket of the subtree (a process outside it, the kernel itself): the node.
+    Node,
+}
+
+/// Finds the sender of a packet that arrived at `ends`' local end from a local address.
+#[inline(always)]
+pub(crate) fn sender(ctx: *mut c_void, ends: &Ends, slot: u32) -> Sender {
+    let runtime = crate::maps::runtime();
+    if ends.folded != protocol::TCP && ends.folded != protocol::UDP {
+        return Sender::Node;
+    }
+    let sk = lookup_remote(ctx, ends);
+    if sk.is_null() {
+        return Sender::Node;
+    }
+    // SAFETY: `sk` is a referenced socket from a lookup helper, released right after.
+    let (cgroup_id, root_ancestor) = unsafe {
+        (
+            bpf_sk_cgroup_id(sk.cast()),
+            bpf_sk_ancestor_cgroup_id(sk.cast(), runtime.root_level as i32),
+        )
+    };
+    // SAFETY: as above; released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    if runtime.root_cgroup_id == 0 || root_ancestor != runtime.root_cgroup_id {
+        return Sender::Node;
+    }
+    let key = CgroupKey {
+        cgroup_id,
+        slot,
+        _pad: 0,
+    };
+    // SAFETY: hash map values are read-only copies for us. An unlabelled new cgroup's socket was
+    // judged (and held) by its own egress; the identity only names it in memory.
+    Sender::Managed(unsafe { CGROUP_IDENTITY.get(key) }.map_or(0, |label| label.identity))
+}
+
+/// Whether a TCP socket listens on `addr:port` in the context's namespace: a flow on that port
+/// that nothing remembers was accepted there, not opened from it. Its own BPF function: its stack
+/// frame is not added to the hook's.
+#[inline(never)]
+pub(crate) fn listening(ctx: *mut c_void, addr: &[u8; 16], port: u16) -> bool {
+    let sk = lookup_local(ctx, addr, port, protocol::TCP);
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is a referenced socket from a lookup helper; `state` is one of its fields.
+    let state = unsafe { field::<_, { sock::STATE }>(sk) };
+    // SAFETY: released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    state == sock::TCP_LISTEN
 }

@@ -180,6 +180,8 @@ fn judge_outside_socket(sock: *const u8, address: *const SockaddrPrefix, hook: u
         src_port: 0,
         dst_port,
         generation: 0,
+        socket_cookie: cookie,
+        netns_cookie: 0,
     };
     let runtime = runtime();
     // SAFETY: a plain helper call.
@@ -199,15 +201,11 @@ fn judge_outside_socket(sock: *const u8, address: *const SockaddrPrefix, hook: u
                     Place::Remote(dst) => {
                         decide(&view, &view.config, src, dst, raw_protocol, dst_port)
                     }
-                    Place::Local => Decision::fail_closed(
+                    Place::Local | Place::ElsewhereOnNode => Decision::fail_closed(
                         src,
                         reason::UNRESOLVED_LOCAL,
                         counter::ERR_UNRESOLVED_LOCAL,
                     ),
-                    // Counted by `place`.
-                    Place::ElsewhereOnNode => {
-                        Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
-                    }
                 },
             }
         }

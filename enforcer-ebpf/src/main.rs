@@ -1,8 +1,9 @@
 //! The enforcer's kernel programs, in layers, each for what the one above cannot see:
 //!
 //! - `sock_addr`: `connect4/6`, `sendmsg4/6` — the fast path, `EPERM` before any packet;
-//! - `skb`: `cgroup_skb/egress` — every packet of a socket in the subtree, judged by its real
-//!   (post-NAT) destination and protocol, one lookup for a flow already judged;
+//! - `skb`: `cgroup_skb/egress` and `ingress` — every packet a socket in the subtree sends or
+//!   receives, judged by its real (post-NAT) addresses and protocol in the direction that opened
+//!   its flow, one lookup for a flow already judged, judged again when the policy changes;
 //! - `sockopt`: `cgroup/setsockopt` — no source routing for segment members;
 //! - `lsm`: BPF LSM — sockets created outside the subtree, packet sockets;
 //! - `sock`: `sock_create`, `post_bind4/6`, `sock_release` — what the judges need to know.
@@ -50,7 +51,18 @@ program!(cgroup_sock_addr(sendmsg4), sendmsg4, SockAddrContext, |c| {
 program!(cgroup_sock_addr(sendmsg6), sendmsg6, SockAddrContext, |c| {
     sock_addr::judge::<true>(c, hook::SENDMSG6)
 });
-program!(cgroup_skb(egress), egress, SkBuffContext, skb::egress);
+program!(
+    cgroup_skb(egress),
+    egress,
+    SkBuffContext,
+    skb::judge_packet::<false>
+);
+program!(
+    cgroup_skb(ingress),
+    ingress,
+    SkBuffContext,
+    skb::judge_packet::<true>
+);
 program!(
     cgroup_sockopt(setsockopt),
     setsockopt,

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo, IdentityKey,
-    ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime, SlotConfig,
-    SocketOwner, SocketVerdict, capacity, counter,
+    AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, FlowKey, FlowState, IdentityInfo,
+    IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime,
+    SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
 };
 
 #[map]
@@ -54,6 +54,10 @@ pub(crate) static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
 #[map]
 pub(crate) static SOCKET_VERDICTS: LruHashMap<u64, SocketVerdict> =
     LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+#[map]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 #[map]
 pub(crate) static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =

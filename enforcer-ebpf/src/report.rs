@@ -4,7 +4,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
 use enforcer_common::{
-    FLOW_EVENT_VERSION, FlowEvent, SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT, counter,
+    FLOW_EVENT_VERSION, FLOW_OUTBOUND, FlowEvent, SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT,
+    counter,
     decide::{Decision, fold_protocol},
     is_ipv4_mapped,
 };
@@ -21,6 +22,9 @@ pub(crate) struct Flow {
     pub src_port: u16,
     pub dst_port: u16,
     pub generation: u32,
+    /// The local socket and its network namespace, for user space to act on (0 when unknown).
+    pub socket_cookie: u64,
+    pub netns_cookie: u64,
 }
 
 /// Who acted, as far as the hook knows.
@@ -105,28 +109,38 @@ fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
         (*event).src_addr = flow.src_addr;
         (*event).dst_addr = flow.dst_addr;
         (*event).comm = actor.comm;
+        (*event).socket_cookie = flow.socket_cookie;
+        (*event).netns_cookie = flow.netns_cookie;
     }
     entry.submit(0);
 }
 
-/// Remembers the flow just judged on a socket, so that its packets cost one lookup and a packet
-/// for another destination is judged again.
+/// Remembers a flow just judged on a socket, so that its packets cost one lookup and a packet
+/// of another flow is judged again.
 #[inline(always)]
-pub(crate) fn remember(cookie: u64, flow: &Flow, verdict: u8) {
-    let memory = SocketVerdict {
-        dst_addr: flow.dst_addr,
-        generation: flow.generation,
-        dst_port: port_of(flow.protocol, flow.dst_port),
-        protocol: fold_protocol(flow.protocol),
-        verdict,
-    };
+pub(crate) fn remember(cookie: u64, memory: &SocketVerdict) {
     // SAFETY: hash map values are read-only copies for us.
-    if unsafe { SOCKET_VERDICTS.get(cookie) } == Some(&memory) {
+    if unsafe { SOCKET_VERDICTS.get(cookie) } == Some(memory) {
         // A repeat (datagrams to the same destination): a lookup is cheaper than an update.
         return;
     }
     if SOCKET_VERDICTS.insert(cookie, memory, 0).is_err() {
         count(counter::ERR_SOCKET_UPDATE);
+    }
+}
+
+/// The memory of an outbound flow the socket hooks judged.
+#[inline(always)]
+pub(crate) fn outbound_memory(flow: &Flow, decision: &Decision) -> SocketVerdict {
+    SocketVerdict {
+        peer_addr: flow.dst_addr,
+        generation: flow.generation,
+        port: port_of(flow.protocol, flow.dst_port),
+        protocol: fold_protocol(flow.protocol),
+        verdict: decision.verdict,
+        direction: FLOW_OUTBOUND,
+        _pad: [0; 3],
+        peer_identity: decision.dst_identity,
     }
 }
 

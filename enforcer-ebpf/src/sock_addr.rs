@@ -23,7 +23,7 @@ use crate::{
     ctx::{bound_address, field, ipv6_bytes, sock},
     local::{LocalQuery, Owner, Place, owner_from_bind, place},
     maps::{count, runtime},
-    report::{Flow, conclude, remember},
+    report::{Flow, conclude, outbound_memory, remember},
     view::MapView,
 };
 
@@ -56,7 +56,7 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     let mut flow = read_flow::<V6>(ctx, hook);
     let decision = decide_flow(ctx, &mut flow, &runtime);
-    verdict(ctx, &flow, &decision, cgroup_id)
+    verdict(&flow, &decision, cgroup_id)
 }
 
 /// What the hook was asked to do. Its own BPF function, so its stack frame is not added to the
@@ -90,6 +90,9 @@ fn read_flow<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> Flow {
         src_port,
         dst_port,
         generation: 0,
+        // SAFETY: helper calls on the program's own context.
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     }
 }
 
@@ -106,8 +109,7 @@ fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Dec
         Ok(identity) => identity,
         Err(why) => return Decision::fail_closed(0, why, counter::COUNT),
     };
-    // SAFETY: a helper call on the program's own context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let netns = flow.netns_cookie;
     let dst = match place(&view, runtime, netns, &flow.dst_addr) {
         Place::Remote(identity) => identity,
         Place::Local => match owner_from_bind(
@@ -139,7 +141,11 @@ fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Dec
             }
         },
         Place::ElsewhereOnNode => {
-            return Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT);
+            return Decision::fail_closed(
+                src,
+                reason::UNRESOLVED_LOCAL,
+                counter::ERR_UNRESOLVED_LOCAL,
+            );
         }
     };
     decide(&view, &view.config, src, dst, flow.protocol, flow.dst_port)
@@ -148,17 +154,12 @@ fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Dec
 /// Counts and reports the decision, remembers what proceeds, and returns the hook's verdict.
 /// Its own BPF function, so its stack frame is not added to the judging one.
 #[inline(never)]
-fn verdict(ctx: &SockAddrContext, flow: &Flow, decision: &Decision, cgroup_id: u64) -> i32 {
+fn verdict(flow: &Flow, decision: &Decision, cgroup_id: u64) -> i32 {
     if decision.verdict == VERDICT_DEFER {
         return PROCEED;
     }
     if conclude(flow, decision, || crate::report::current_task(cgroup_id)) {
-        // SAFETY: a helper call on the program's own context.
-        remember(
-            unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            flow,
-            decision.verdict,
-        );
+        remember(flow.socket_cookie, &outbound_memory(flow, decision));
         PROCEED
     } else {
         REFUSE

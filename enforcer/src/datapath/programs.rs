@@ -23,8 +23,8 @@ use super::{
 pub(super) const OBSERVERS: [&str; 4] = ["sock_create", "post_bind4", "post_bind6", "sock_release"];
 /// The fast path (`cgroup_sock_addr`).
 pub(super) const JUDGES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-/// The packet layer (`cgroup_skb`).
-pub(super) const PACKET: &str = "egress";
+/// The packet layer (`cgroup_skb`), both ways.
+pub(super) const PACKET: [&str; 2] = ["egress", "ingress"];
 /// Source-routing options (`cgroup/setsockopt`).
 pub(super) const SOCKOPT: &str = "setsockopt";
 /// BPF LSM programs, by hook name.
@@ -68,9 +68,11 @@ pub(super) fn load(
             .load()
             .map_err(failed(name))?;
     }
-    program::<CgroupSkb>(ebpf, PACKET)?
-        .load()
-        .map_err(failed(PACKET))?;
+    for name in PACKET {
+        program::<CgroupSkb>(ebpf, name)?
+            .load()
+            .map_err(failed(name))?;
+    }
     program::<CgroupSockopt>(ebpf, SOCKOPT)?
         .load()
         .map_err(failed(SOCKOPT))?;
@@ -87,12 +89,13 @@ pub(super) fn load(
 /// The cgroup programs in the order they are attached, with their `bpf_attach_type`
 /// (`include/uapi/linux/bpf.h`). Observers first, so that sockets made while the judges are
 /// being attached are already known; the fast-path judges last.
-const CGROUP_ATTACH: [(&str, u32); 10] = [
+const CGROUP_ATTACH: [(&str, u32); 11] = [
     ("sock_create", 2),
     ("post_bind4", 12),
     ("post_bind6", 13),
     ("sock_release", 34),
-    (PACKET, 1),
+    (PACKET[0], 1),
+    (PACKET[1], 0),
     (SOCKOPT, 22),
     ("connect4", 10),
     ("connect6", 11),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use enforcer_common::{
-    EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, FLOW_EVENT_VERSION, FlowEvent, IDENTITY_SEGMENTED,
+    EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_EVENT_VERSION, FlowEvent, IDENTITY_SEGMENTED,
     VERDICT_AUDIT, hook, identity, protocol, reason,
 };
 
@@ -180,12 +180,13 @@ fn record(
         },
         protocol: event.protocol,
         ip_version: event.ip_version,
-        outbound: true,
+        outbound: event.hook != hook::SKB_INGRESS,
+        revoked: event.flags & EVENT_REVOKED != 0,
         src: endpoint(context, event.src_identity, src_ip, port(event.src_port)),
         dst: endpoint(context, event.dst_identity, dst_ip, port(event.dst_port)),
         process: (event.flags & EVENT_NO_PROCESS == 0).then(|| process(event)),
         layer: match event.hook {
-            hook::SKB_EGRESS => Layer::Packet,
+            hook::SKB_EGRESS | hook::SKB_INGRESS => Layer::Packet,
             hook::LSM_CONNECT | hook::LSM_SENDMSG => Layer::Lsm,
             _ => Layer::Socket,
         },

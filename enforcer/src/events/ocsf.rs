@@ -200,6 +200,11 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
             },
         },
     });
+    if record.revoked
+        && let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut)
+    {
+        unmapped.insert("revoked".to_owned(), json!(true));
+    }
     if let Some(process) = &record.process {
         if let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut) {
             unmapped.insert(

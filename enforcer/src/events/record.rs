@@ -91,6 +91,9 @@ pub struct FlowRecord {
     pub ip_version: u8,
     /// This node opened the connection (egress); `false` when it arrived here.
     pub outbound: bool,
+    /// An established flow that a new policy denies: its packets are dropped from now on and its
+    /// socket is aborted.
+    pub revoked: bool,
     pub src: FlowEndpoint,
     pub dst: FlowEndpoint,
     pub process: Option<FlowProcess>,

@@ -28,6 +28,7 @@
 mod addresses;
 mod netlink;
 mod netns;
+mod sockets;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use std::{io, path::PathBuf};
 pub use self::{
     addresses::{AddressWatcher, local_addresses},
     netns::{NetNs, netns_cookie, socket_in},
+    sockets::{Aborted, TcpSocketId, abort_tcp},
     source::{ResolverConfig, SourceResolver},
 };
 

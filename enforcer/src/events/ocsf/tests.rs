@@ -36,6 +36,7 @@ fn denial() -> FlowRecord {
         protocol: 6,
         ip_version: 4,
         outbound: true,
+        revoked: false,
         src: endpoint("web", WEB, Some(40000)),
         dst: endpoint("db", DB, Some(5432)),
         process: Some(FlowProcess {

@@ -1,0 +1,74 @@
+//! Connection tracking: flows by the direction that opened them.
+//!
+//! A socket remembers one flow ([`SocketVerdict`](crate::SocketVerdict)); [`FLOWS`](crate::maps::FLOWS)
+//! remembers every flow the programs judged, so that a reply is recognised whichever socket it
+//! reaches and however many peers a socket talks to, and a flow between two local workloads is
+//! judged once, where it starts, with both real identities.
+
+use core::mem::size_of;
+
+/// Key of [`FLOWS`](crate::maps::FLOWS): the flow as its first packet had it. A reply is looked up
+/// with addresses and ports swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    /// Network byte order, IPv4-mapped.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host byte order; 0 for protocols without ports.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Folded protocol (see [`decide::fold_protocol`](crate::decide::fold_protocol)).
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key a reply to this flow carries: both ends swapped.
+    #[must_use]
+    #[inline(always)]
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of [`FLOWS`](crate::maps::FLOWS): how the flow was judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowState {
+    /// The generation of the policy that judged it.
+    pub generation: u32,
+    /// The identity of the end that opened the flow.
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// [`VERDICT_ALLOW`](crate::VERDICT_ALLOW) or [`VERDICT_AUDIT`](crate::VERDICT_AUDIT): denied
+    /// flows are not tracked, their packets never pass.
+    pub verdict: u8,
+    /// [`FLOW_OUTBOUND`](crate::FLOW_OUTBOUND) when a socket of the subtree opened it (recorded at
+    /// egress), [`FLOW_INBOUND`](crate::FLOW_INBOUND) when it arrived (recorded at ingress).
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+const _: () = {
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FlowState>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{FlowKey, FlowState};
+
+    // SAFETY: `#[repr(C)]`, `Copy`, only integers and byte arrays, padding spelled out as fields
+    // (checked by the size asserts above), so any bit pattern is valid.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowState {}
+}

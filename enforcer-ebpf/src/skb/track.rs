@@ -1,0 +1,147 @@
+//! What the packet layer remembers: the last flow of each socket (`SOCKET_VERDICTS`) and every
+//! flow judged (`FLOWS`), by the direction that opened it.
+
+use enforcer_common::{
+    FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY, counter,
+};
+
+use crate::{
+    local::Ends,
+    maps::{FLOWS, SOCKET_VERDICTS, count},
+    report::port_of,
+};
+
+/// What the socket's own memory says of a packet.
+pub(super) enum Recall {
+    /// Its flow, judged by the policy in force.
+    Current(SocketVerdict),
+    /// Its flow, judged by an older policy; `FLOW_OUTBOUND` or `FLOW_INBOUND`, and whether it was
+    /// let through.
+    Stale(u8, bool),
+    /// Another flow, or nothing remembered.
+    Unknown,
+}
+
+/// The port a flow in `direction` is judged on.
+#[inline(always)]
+const fn flow_port(ends: &Ends, direction: u8) -> u16 {
+    let port = if direction == FLOW_OUTBOUND {
+        ends.remote_port
+    } else {
+        ends.local_port
+    };
+    port_of(ends.protocol, port)
+}
+
+/// Looks the packet up in its socket's memory.
+#[inline(always)]
+pub(super) fn recall(cookie: u64, ends: &Ends, generation: u32) -> Recall {
+    // SAFETY: hash map values are read-only copies for us.
+    let Some(memory) = (unsafe { SOCKET_VERDICTS.get(cookie) }) else {
+        return Recall::Unknown;
+    };
+    if memory.peer_addr != ends.remote_addr
+        || memory.protocol != ends.folded
+        || memory.port != flow_port(ends, memory.direction)
+    {
+        return Recall::Unknown;
+    }
+    if memory.generation == generation {
+        Recall::Current(*memory)
+    } else {
+        Recall::Stale(memory.direction, memory.verdict != VERDICT_DENY)
+    }
+}
+
+/// The flow-table key of the packet's flow if it was opened in `direction`.
+#[inline(always)]
+pub(super) fn key(ends: &Ends, direction: u8) -> FlowKey {
+    let (local_port, remote_port) = (
+        port_of(ends.protocol, ends.local_port),
+        port_of(ends.protocol, ends.remote_port),
+    );
+    let outbound = FlowKey {
+        src_addr: ends.local_addr,
+        dst_addr: ends.remote_addr,
+        src_port: local_port,
+        dst_port: remote_port,
+        protocol: ends.folded,
+        _pad: [0; 3],
+    };
+    if direction == FLOW_OUTBOUND {
+        outbound
+    } else {
+        outbound.reversed()
+    }
+}
+
+/// What the flow table says of a packet the socket does not remember.
+pub(super) enum Tracked {
+    /// A flow judged by the policy in force: what the socket should remember of it.
+    Current(SocketVerdict),
+    /// A flow let through by an older policy, opened in this direction.
+    Stale(u8),
+    Unknown,
+}
+
+/// Looks the packet's flow up, opened either way.
+#[inline(never)]
+pub(super) fn tracked(ends: &Ends, generation: u32) -> Tracked {
+    let mut direction = FLOW_OUTBOUND;
+    // SAFETY: hash map values are read-only copies for us.
+    let mut state = unsafe { FLOWS.get(key(ends, FLOW_OUTBOUND)) };
+    if state.is_none() {
+        direction = FLOW_INBOUND;
+        // SAFETY: as above.
+        state = unsafe { FLOWS.get(key(ends, FLOW_INBOUND)) };
+    }
+    let Some(state) = state else {
+        return Tracked::Unknown;
+    };
+    if state.generation != generation {
+        return Tracked::Stale(direction);
+    }
+    Tracked::Current(SocketVerdict {
+        peer_addr: ends.remote_addr,
+        generation,
+        port: flow_port(ends, direction),
+        protocol: ends.folded,
+        verdict: state.verdict,
+        direction,
+        _pad: [0; 3],
+        peer_identity: if direction == FLOW_OUTBOUND {
+            state.dst_identity
+        } else {
+            state.src_identity
+        },
+    })
+}
+
+/// Records a flow let through, so that its replies (on any socket) are known.
+#[inline(always)]
+pub(super) fn track(key: &FlowKey, state: &FlowState) {
+    // SAFETY: as above.
+    if unsafe { FLOWS.get(key) } == Some(state) {
+        return;
+    }
+    if FLOWS.insert(key, state, 0).is_err() {
+        count(counter::ERR_SOCKET_UPDATE);
+    }
+}
+
+/// Records a flow the socket hooks judged (they cannot: its source address and port are chosen
+/// after them), when its first packet leaves. The source identity is not known here.
+#[inline(never)]
+pub(super) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
+    track(
+        &key(ends, FLOW_OUTBOUND),
+        &FlowState {
+            generation: memory.generation,
+            src_identity: 0,
+            dst_identity: memory.peer_identity,
+            verdict: memory.verdict,
+            direction: FLOW_OUTBOUND,
+            _pad: [0; 2],
+        },
+    );
+}
