@@ -108,6 +108,7 @@ fn base() -> FlowRecord {
         protocol: 6,
         ip_version: 4,
         outbound: true,
+        revoked: false,
         src: endpoint("web", v4(1), Some(40000)),
         dst: endpoint("db", v4(2), Some(5432)),
         process: Some(FlowProcess {
@@ -135,7 +136,7 @@ fn base() -> FlowRecord {
 
 /// Every variation the renderer knows: deny/audit, tcp/udp/icmp/icmpv6, v4/v6,
 /// lateral/outbound/inbound, with and without process (and cmd_line), rule and default-deny,
-/// physical and virtual node, aggregated count, unknown generation.
+/// physical and virtual node, aggregated count, unknown generation, a revoked flow.
 fn samples() -> Vec<FlowRecord> {
     let base = base();
     vec![
@@ -153,6 +154,12 @@ fn samples() -> Vec<FlowRecord> {
         },
         FlowRecord {
             layer: Layer::Lsm,
+            ..base.clone()
+        },
+        FlowRecord {
+            layer: Layer::Packet,
+            outbound: false,
+            revoked: true,
             ..base.clone()
         },
         FlowRecord {

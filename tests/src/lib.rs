@@ -54,4 +54,4 @@ pub use lab::{CLIENT_NODE, Lab, LabBuilder};
 pub use netns::{NetNs, VethEnd, VethPair};
 pub use policy::PolicyDir;
 pub use privileges::require_privileges;
-pub use probe::{Listener, Probe, ProbeOutcome, Proto};
+pub use probe::{Listener, Probe, ProbeOutcome, Proto, Stream};

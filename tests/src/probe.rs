@@ -3,11 +3,12 @@
 
 use std::{
     fmt,
-    io::{BufRead, BufReader},
-    net::IpAddr,
+    io::{BufRead, BufReader, Read as _},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    str::FromStr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -210,9 +211,7 @@ impl fmt::Display for ProbeOutcome {
 /// received datagram is recorded, so a test can tell delivery from a mere successful send.
 #[derive(Debug)]
 pub struct Listener {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    desc: String,
+    running: Running,
 }
 
 impl Listener {
@@ -263,59 +262,35 @@ impl Listener {
             Proto::Udp => "udp-listen",
             Proto::UdpLite => "udplite-listen",
         };
-        let desc = format!("{verb} {} {addr} {port} in {netns}", opts.join(" "));
-        let mut cmd = Command::new(probe_bin());
-        if let Some(cgroup) = cgroup {
-            cmd.arg("--cgroup").arg(cgroup);
-        }
-        let mut child = cmd
-            .args(["--netns", netns, verb])
-            .args(opts)
-            .args([&addr.to_string(), &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn enforcer-probe listener");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let sink = Arc::clone(&lines);
-        // The reader ends by itself at EOF, when the listener dies.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("listener lines").push(line);
-            }
-        });
-        let mut listener = Self { child, lines, desc };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !listener
-            .lines()
-            .iter()
-            .any(|l| l.starts_with("listening pid="))
-        {
-            if let Ok(Some(status)) = listener.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = listener.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!(
-                    "{} exited ({status}): {:?} {err}",
-                    listener.desc,
-                    listener.lines()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not listening after 5 s",
-                listener.desc
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        listener
+        Self::start_verb(cgroup, netns, verb, addr, port, opts)
+    }
+
+    /// `tcp-echo-listen` on `addr:port` in `netns`, from inside `cgroup` (None: outside the
+    /// managed tree): a TCP listener that echoes every byte of each connection back, the server
+    /// of [`Stream`]. Waits until it is bound.
+    #[must_use]
+    pub fn start_echo(cgroup: Option<&Path>, netns: &str, addr: IpAddr, port: u16) -> Self {
+        Self::start_verb(cgroup, netns, "tcp-echo-listen", addr, port, &[])
+    }
+
+    fn start_verb(
+        cgroup: Option<&Path>,
+        netns: &str,
+        verb: &str,
+        addr: IpAddr,
+        port: u16,
+        opts: &[&str],
+    ) -> Self {
+        let mut args = vec![verb.to_owned()];
+        args.extend(opts.iter().map(|&o| o.to_owned()));
+        args.extend([addr.to_string(), port.to_string()]);
+        let running = Running::spawn(cgroup, netns, &args);
+        running.wait_for("listening pid=", Duration::from_secs(5));
+        Self { running }
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("listener lines").clone()
+        self.running.lines().into_iter().map(|(_, l)| l).collect()
     }
 
     /// The `ip:port` of every connection accepted or datagram received so far.
@@ -338,17 +313,208 @@ impl Listener {
             assert!(
                 Instant::now() < deadline,
                 "{}: expected {n} peer(s) within {timeout:?}, saw {peers:?}",
-                self.desc
+                self.running.desc
             );
             thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for Listener {
+/// A long-running client or server probe whose stdout lines are read as they come, each stamped
+/// with the Instant it was read; killed on drop.
+#[derive(Debug)]
+pub struct Stream {
+    running: Running,
+    local: SocketAddr,
+    pid: u32,
+}
+
+impl Stream {
+    /// `tcp-stream` from inside `cgroup` (None: outside the managed tree) in netns `netns`: one
+    /// connection to `addr:port` (an echo server: [`Listener::start_echo`]) that carries a byte
+    /// out and back every 10 ms for `length`. Waits (up to 5 s) for the `connected` line and
+    /// panics with the probe's output if it exits first (a refused connect, say).
+    #[must_use]
+    pub fn start(
+        cgroup: Option<&Path>,
+        netns: &str,
+        addr: IpAddr,
+        port: u16,
+        length: Duration,
+    ) -> Self {
+        let args = [
+            "tcp-stream".to_owned(),
+            addr.to_string(),
+            port.to_string(),
+            length.as_millis().to_string(),
+        ];
+        let running = Running::spawn(cgroup, netns, &args);
+        let (_, line) = running.wait_for("connected ", Duration::from_secs(5));
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(local), Some(pid)) = (field(&mut words, "local="), field(&mut words, "pid="))
+        else {
+            panic!("{}: unexpected line {line:?}", running.desc);
+        };
+        Self {
+            running,
+            local,
+            pid,
+        }
+    }
+
+    /// The connection's local address, from the `connected` line.
+    #[must_use]
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The probe's pid, from the `connected` line.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits up to `timeout` for the `ended` line; returns (RESULT, exchanged, the Instant the
+    /// line was read). RESULT is `ok` (the time ran out), an errno name (`ECONNABORTED`,
+    /// `ECONNRESET`, `EPIPE`, `ETIMEDOUT` for a 3 s read timeout, …) or `EOF` (the peer closed
+    /// the connection). Panics on timeout with the lines seen.
+    #[must_use]
+    pub fn wait_ended(&self, timeout: Duration) -> (String, u64, Instant) {
+        let (at, line) = self.running.wait_for("ended ", timeout);
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(result), Some(exchanged)) = (words.next(), field(&mut words, "exchanged="))
+        else {
+            panic!("{}: unexpected line {line:?}", self.running.desc);
+        };
+        (result.to_owned(), exchanged, at)
+    }
+
+    /// Whether the `ended` line was printed yet.
+    #[must_use]
+    pub fn ended(&self) -> bool {
+        self.running
+            .lines()
+            .iter()
+            .any(|(_, l)| l.starts_with("ended "))
+    }
+}
+
+/// The next word of a result line as `KEY=VALUE`, parsed; `None` if it is missing or malformed.
+fn field<'a, T: FromStr>(words: &mut impl Iterator<Item = &'a str>, key: &str) -> Option<T> {
+    words.next()?.strip_prefix(key)?.parse().ok()
+}
+
+/// What a running probe has printed so far, filled by its reader threads.
+#[derive(Debug, Default)]
+struct Output {
+    /// Each stdout line with the Instant it was read.
+    lines: Vec<(Instant, String)>,
+    stderr: String,
+    /// Each reader sets its flag at EOF, when the probe has exited.
+    stdout_done: bool,
+    stderr_done: bool,
+}
+
+/// A probe process spawned in a cgroup and namespace, its output read as it comes; killed on drop.
+#[derive(Debug)]
+struct Running {
+    child: Mutex<Child>,
+    output: Arc<Mutex<Output>>,
+    desc: String,
+}
+
+impl Running {
+    fn spawn(cgroup: Option<&Path>, netns: &str, args: &[String]) -> Self {
+        let desc = format!("{} in {netns}", args.join(" "));
+        let mut cmd = Command::new(probe_bin());
+        if let Some(cgroup) = cgroup {
+            cmd.arg("--cgroup").arg(cgroup);
+        }
+        let mut child = cmd
+            .args(["--netns", netns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn enforcer-probe {desc}: {e}"));
+        let output = Arc::new(Mutex::new(Output::default()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        // The readers end by themselves at EOF, when the probe dies.
+        let sink = Arc::clone(&output);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let at = Instant::now();
+                lock(&sink).lines.push((at, line));
+            }
+            lock(&sink).stdout_done = true;
+        });
+        let sink = Arc::clone(&output);
+        thread::spawn(move || {
+            let mut err = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut err);
+            let mut out = lock(&sink);
+            out.stderr = err;
+            out.stderr_done = true;
+        });
+        Self {
+            child: Mutex::new(child),
+            output,
+            desc,
+        }
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        lock(&self.output).lines.clone()
+    }
+
+    /// The first stdout line that starts with `prefix`, with the Instant it was read. Panics with
+    /// the probe's output if it exits without printing one or `timeout` passes first.
+    fn wait_for(&self, prefix: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = lock(&self.output);
+            if let Some(found) = out.lines.iter().find(|(_, l)| l.starts_with(prefix)) {
+                return found.clone();
+            }
+            // Stdout read to its end: the line will never come. Give stderr a moment to follow.
+            let exited = out.stdout_done && (out.stderr_done || Instant::now() >= deadline);
+            let seen = out.lines.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>();
+            let stderr = out.stderr.trim().to_owned();
+            // Not held across a panic: the readers still need it.
+            drop(out);
+            if exited {
+                let status = match lock(&self.child).wait() {
+                    Ok(status) => status.to_string(),
+                    Err(e) => format!("wait: {e}"),
+                };
+                panic!(
+                    "{} exited ({status}) without {prefix:?}: {seen:?} {stderr}",
+                    self.desc
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {prefix:?} line within {timeout:?}: {seen:?}",
+                self.desc
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `m`'s guard, poisoned or not: a panic elsewhere (a failed assertion) leaves the output and the
+/// child as they were, and the probe must still be read and killed.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

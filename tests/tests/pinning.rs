@@ -98,7 +98,7 @@ fn kill_9_keeps_the_policy_and_a_restart_adopts_it_with_no_gap() {
     lab.probe("web").tcp_connect(server, 81).assert_denied();
     let before = lab.instance().status();
     let links_before = links(&before);
-    assert_eq!(links_before.len(), 10, "{before:#}");
+    assert_eq!(links_before.len(), 11, "{before:#}");
 
     let web = lab.cgroups().path().join("web");
     let probes = TightLoop::start(
@@ -125,7 +125,7 @@ fn kill_9_keeps_the_policy_and_a_restart_adopts_it_with_no_gap() {
 
     let stderr = lab.daemon().stderr();
     assert!(
-        stderr.contains("adopted=10") && stderr.contains("attached=0"),
+        stderr.contains("adopted=11") && stderr.contains("attached=0"),
         "the restarted daemon must swap its programs into the pinned links:\n{stderr}"
     );
     let after = lab.instance().status();
@@ -251,7 +251,7 @@ fn a_daemon_with_another_map_layout_moves_enforcement_to_fresh_maps_with_no_gap(
     assert_policy_held(&attempts);
     let stderr = second.stderr();
     assert!(
-        stderr.contains("maps=NewLayout") && stderr.contains("adopted=10"),
+        stderr.contains("maps=NewLayout") && stderr.contains("adopted=11"),
         "{stderr}"
     );
     let after = lab.instance().status();

@@ -18,6 +18,7 @@
 mod generation;
 mod pipeline;
 mod reconciler;
+mod revoke;
 mod startup;
 pub mod state;
 mod tasks;

@@ -17,6 +17,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use super::revoke::{Revocation, Revoker};
 use crate::{
     events::{Enricher, FlowRecord, PolicyContext, PolicyRejection, decode},
     sinks::JsonLines,
@@ -35,10 +36,12 @@ pub enum Outgoing {
     Rejection(Box<PolicyRejection>),
 }
 
-/// Reads the ring buffer until `cancel`, then drains what is left and returns.
+/// Reads the ring buffer until `cancel`, then drains what is left and returns. Revoked flows'
+/// sockets go to `revoker` as they are read.
 pub async fn read_events(
     mut ring: AsyncFd<RingBuf<MapData>>,
     mut enricher: Enricher,
+    mut revoker: Revoker,
     mut contexts: watch::Receiver<BTreeMap<u32, Arc<PolicyContext>>>,
     unknown: watch::Sender<u64>,
     out: mpsc::Sender<Outgoing>,
@@ -61,7 +64,7 @@ pub async fn read_events(
                         break;
                     }
                 };
-                let records = drain(guard.get_inner_mut(), &mut enricher, EVENTS_PER_TURN);
+                let records = drain(guard.get_inner_mut(), &mut enricher, &mut revoker, EVENTS_PER_TURN);
                 // A full turn may have left events behind: stay ready so the next turn reads on.
                 if records.read < EVENTS_PER_TURN {
                     guard.clear_ready();
@@ -75,7 +78,7 @@ pub async fn read_events(
             }
         }
     }
-    let records = drain(ring.get_mut(), &mut enricher, usize::MAX);
+    let records = drain(ring.get_mut(), &mut enricher, &mut revoker, usize::MAX);
     unknown.send_replace(enricher.unknown_generations());
     for record in records.records {
         if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
@@ -89,7 +92,12 @@ struct Drained {
     records: Vec<FlowRecord>,
 }
 
-fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, limit: usize) -> Drained {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    enricher: &mut Enricher,
+    revoker: &mut Revoker,
+    limit: usize,
+) -> Drained {
     let mut drained = Drained {
         read: 0,
         records: Vec::new(),
@@ -101,9 +109,14 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, limit: usize) -> 
         };
         drained.read += 1;
         match decode(&item) {
-            Ok(event) => drained
-                .records
-                .push(enricher.enrich(&event, clock.decided_at(event.boot_ns))),
+            Ok(event) => {
+                if let Some(revocation) = Revocation::of(&event) {
+                    revoker.revoke(revocation);
+                }
+                drained
+                    .records
+                    .push(enricher.enrich(&event, clock.decided_at(event.boot_ns)));
+            }
             Err(error) => warn!(%error, "undecodable event"),
         }
     }

@@ -205,6 +205,11 @@ impl Reconciler {
             Ok(candidate) => candidate,
             Err(error) => return self.reject(origin, vec![error_chain(&error)], inputs),
         };
+        // Rules the failsafe inbound ports override: the operator meant to close something that
+        // stays open.
+        for warning in &candidate.compiled.warnings {
+            warn!(version = %policy.version, "{warning}");
+        }
         match self.apply(candidate, inputs) {
             Ok((generation, written)) => {
                 let elapsed = started.elapsed();

@@ -15,6 +15,7 @@ use super::{
     DaemonError, EventsTarget, RunConfig, error_chain,
     pipeline::{self, SINK_QUEUE},
     reconciler::{self, Inputs, Loaded, Reconciler},
+    revoke::Revoker,
     state::{StateDir, Status},
     tasks::{self, ControlHandler},
     watch_policy::PolicyWatcher,
@@ -337,9 +338,12 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         }),
         cancel.clone(),
     ));
+    let (revoker, revoker_thread) = Revoker::spawn(node_netns.try_clone()?, reconciler.node_cookie)
+        .map_err(io_error("starting the revoker thread".to_owned()))?;
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         enricher,
+        revoker,
         contexts_rx,
         unknown_tx,
         sink_tx,
@@ -356,6 +360,9 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     while tasks.join_next().await.is_some() {}
     if let Err(error) = reader.await {
         error!(%error, "the event reader failed");
+    }
+    if revoker_thread.join().is_err() {
+        error!("the revoker thread panicked");
     }
     if sink_thread.join().is_err() {
         error!("the event sink thread panicked");

@@ -11,8 +11,8 @@ use std::{
 };
 
 use enforcer_common::{
-    EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_EVENT_VERSION, FlowEvent, IDENTITY_SEGMENTED,
-    VERDICT_AUDIT, hook, identity, protocol, reason,
+    EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_EVENT_VERSION, FlowEvent,
+    IDENTITY_SEGMENTED, VERDICT_AUDIT, hook, identity, protocol, reason,
 };
 
 use super::{FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict};

@@ -80,6 +80,25 @@ impl NetNs {
         Self::open(path)
     }
 
+    /// A second handle on the same namespace, for another thread.
+    ///
+    /// # Errors
+    /// When the file descriptor cannot be duplicated.
+    pub fn try_clone(&self) -> Result<Self, HostError> {
+        match self.file.try_clone() {
+            Ok(file) => Ok(Self {
+                path: self.path.clone(),
+                file,
+                dev: self.dev,
+                inode: self.inode,
+            }),
+            Err(source) => Err(HostError::OpenNamespace {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
     /// The path this handle was opened from.
     pub fn path(&self) -> &Path {
         &self.path

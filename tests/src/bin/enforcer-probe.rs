@@ -7,6 +7,8 @@
 //!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
 //!   udp-burst ADDR PORT COUNT
 //!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, 1 ms apart, for MILLIS
+//!   tcp-echo-listen [--v6only] ADDR PORT   tcp-listen, echoing each connection on its own thread
+//!   tcp-stream ADDR PORT MILLIS    one connection: a byte out and back every 10 ms for MILLIS
 //! socket kinds and paths past the plain hooks (socket_kinds.rs):
 //!   udplite-sendto ADDR PORT | udplite-connect ADDR PORT | udplite-listen ADDR PORT
 //!   ping-sendto ADDR          unconnected ping socket: sendto, wait ≤ 2 s for the reply
@@ -31,21 +33,29 @@
 //! `sent=S refused=R pid=N` (exit 0 whatever the verdicts; 1 on any error but EPERM).
 //! `tcp-loop` prints `attempt T_MS PORT RESULT` per connection (RESULT `ok`, or the errno name;
 //! `ECONNREFUSED` means the kernel let the SYN out and the server answered), then `attempts=N
-//! pid=N` (exit 0 unless setup failed). Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
-//! datagram, and serve until killed. `--v6only` sets `IPV6_V6ONLY` before an IPv6 bind. Usage
-//! errors exit 2.
+//! pid=N` (exit 0 unless setup failed). `tcp-stream` prints `connected local=IP:PORT pid=N` once
+//! connected (2 s timeout), then writes one byte and reads it back (3 s read timeout) every 10 ms
+//! until MILLIS have passed since the connect or an exchange failed, then prints one line `ended
+//! RESULT exchanged=N pid=N` (exit 0): RESULT is `ok` when the time ran out, else the errno name
+//! (`ECONNABORTED`, `ECONNRESET`, `EPIPE`, `ETIMEDOUT` for the read timeout, …) or `EOF` when the
+//! peer closed the connection; a failed connect prints the usual `error` line (exit 1).
+//! Listeners print `listening pid=N` once bound, then one `peer ADDR` line per connection or
+//! datagram, and serve until killed; `tcp-echo-listen` echoes every byte of a connection back
+//! until EOF or an error, and closes it with an RST (`SO_LINGER` 0), so that killing it aborts
+//! its connections (`ECONNRESET` at a `tcp-stream`) instead of ending them (`EOF`). `--v6only`
+//! sets `IPV6_V6ONLY` before an IPv6 bind. Usage errors exit 2.
 //!
 //! The cgroup is joined before the namespace so that the whole life of every socket is spent inside
 //! the managed cgroup: the enforcer judges a socket by the cgroup of the process that opens it.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Write},
+    io::{self, Read as _, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsFd, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 // In a directory of its own so that cargo does not take it for another binary.
@@ -56,8 +66,8 @@ use nix::{
     errno::Errno,
     sched::{CloneFlags, setns},
     sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn6, bind, setsockopt,
-        socket, sockopt,
+        AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn6, bind,
+        send, setsockopt, socket, sockopt,
     },
 };
 
@@ -71,9 +81,11 @@ enum Action {
     UdpConnect(SocketAddr),
     Ping(IpAddr),
     TcpListen(SocketAddr),
+    TcpEchoListen(SocketAddr),
     UdpListen(SocketAddr),
     UdpBurst(SocketAddr, u32),
     TcpLoop(Duration, IpAddr, Vec<u16>),
+    TcpStream(SocketAddr, Duration),
     /// One of `socket_kinds`'s actions.
     Kind(socket_kinds::Action),
 }
@@ -108,14 +120,16 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             None => return Err("missing ACTION".to_owned()),
         }
     };
-    const VERBS: [&str; 7] = [
+    const VERBS: [&str; 9] = [
         "udp-burst",
         "tcp-connect",
         "udp-sendto",
         "udp-connect",
         "ping",
         "tcp-listen",
+        "tcp-echo-listen",
         "udp-listen",
+        "tcp-stream",
     ];
     if let Some(kind) = socket_kinds::parse(&verb, &mut argv)? {
         if let Some(extra) = argv.next() {
@@ -174,6 +188,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "udp-sendto" => Action::UdpSendto(sock()?),
         "udp-connect" => Action::UdpConnect(sock()?),
         "tcp-listen" => Action::TcpListen(sock()?),
+        "tcp-echo-listen" => Action::TcpEchoListen(sock()?),
         "udp-listen" => Action::UdpListen(sock()?),
         "ping" => Action::Ping(addr),
         "udp-burst" => {
@@ -184,6 +199,15 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 .parse()
                 .map_err(|e| format!("bad COUNT: {e}"))?;
             Action::UdpBurst(target, count)
+        }
+        "tcp-stream" => {
+            let target = sock()?;
+            let millis = argv
+                .next()
+                .ok_or("missing MILLIS")?
+                .parse()
+                .map_err(|e| format!("bad MILLIS: {e}"))?;
+            Action::TcpStream(target, Duration::from_millis(millis))
         }
         other => return Err(format!("unknown ACTION {other:?}")),
     };
@@ -236,10 +260,7 @@ fn tcp_loop(length: Duration, addr: IpAddr, ports: &[u16]) -> usize {
                 // first SYN, which is no verdict.
                 Duration::from_secs(3),
             )
-            .map_or_else(
-                |err| format!("{:?}", Errno::from_raw(errno_of(&err))),
-                |_| "ok".to_owned(),
-            );
+            .map_or_else(|err| errno_name(&err), |_| "ok".to_owned());
             let _ = writeln!(
                 out,
                 "attempt {} {port} {result}",
@@ -251,6 +272,70 @@ fn tcp_loop(length: Duration, addr: IpAddr, ports: &[u16]) -> usize {
         }
     }
     attempts
+}
+
+/// `send` with `MSG_NOSIGNAL`, all of `buf`: a write to a connection the peer (or the enforcer)
+/// aborted returns `EPIPE` instead of killing the probe with `SIGPIPE`.
+fn send_all(conn: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match send(conn.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// How a `tcp-stream` exchange failed.
+enum StreamEnd {
+    /// The peer closed its side: a read returned 0.
+    Eof,
+    Error(io::Error),
+}
+
+/// One byte out and the same byte back every 10 ms on `conn` until `length` has passed since
+/// `connected`; returns the number of round trips and how they ended (`None`: time ran out).
+fn tcp_stream(conn: &TcpStream, connected: Instant, length: Duration) -> (u64, Option<StreamEnd>) {
+    let mut exchanged = 0u64;
+    let exchange = |byte: u8| -> Result<(), StreamEnd> {
+        send_all(conn, &[byte]).map_err(StreamEnd::Error)?;
+        let mut back = [0u8; 1];
+        loop {
+            match (&*conn).read(&mut back) {
+                Ok(0) => return Err(StreamEnd::Eof),
+                Ok(_) if back[0] == byte => return Ok(()),
+                // An echo server cannot answer with another byte: the stream is corrupt.
+                Ok(_) => {
+                    return Err(StreamEnd::Error(io::Error::from_raw_os_error(
+                        libc::EBADMSG,
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The read timeout shows as EAGAIN; the contract names it ETIMEDOUT.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(StreamEnd::Error(io::Error::from_raw_os_error(
+                        libc::ETIMEDOUT,
+                    )));
+                }
+                Err(e) => return Err(StreamEnd::Error(e)),
+            }
+        }
+    };
+    while connected.elapsed() < length {
+        // The low byte of the count: it only has to differ from one exchange to the next.
+        if let Err(end) = exchange(exchanged.to_le_bytes()[0]) {
+            return (exchanged, Some(end));
+        }
+        exchanged += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (exchanged, None)
 }
 
 fn udp_sendto(addr: SocketAddr) -> io::Result<()> {
@@ -331,7 +416,8 @@ fn listen(action: &Action, v6only: bool) -> io::Result<()> {
         io::stdout().flush()
     };
     match *action {
-        Action::TcpListen(addr) => {
+        Action::TcpListen(addr) | Action::TcpEchoListen(addr) => {
+            let echo = matches!(action, Action::TcpEchoListen(_));
             let listener = if v6only {
                 let fd = bind_v6only(addr, SockType::Stream)?;
                 nix::sys::socket::listen(&fd, Backlog::new(128)?)?;
@@ -344,7 +430,18 @@ fn listen(action: &Action, v6only: bool) -> io::Result<()> {
                 let (conn, peer) = listener.accept()?;
                 println!("peer {peer}");
                 io::stdout().flush()?;
-                drop(conn);
+                if echo {
+                    // Closed with an RST, not a FIN (SO_LINGER 0): a killed echo server aborts its
+                    // connections, and its clients see ECONNRESET rather than a clean EOF. Best
+                    // effort: without it the echo still works.
+                    let abort = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    let _ = setsockopt(&conn, sockopt::Linger, &abort);
+                    // Detached: the thread ends with its connection, or with the process.
+                    std::thread::spawn(move || echo_conn(&conn));
+                }
             }
         }
         Action::UdpListen(addr) => {
@@ -366,6 +463,29 @@ fn listen(action: &Action, v6only: bool) -> io::Result<()> {
         }
         _ => unreachable!("listen called with a client action"),
     }
+}
+
+/// Writes every byte read from `conn` back to it until EOF or an error (which ends only this
+/// connection).
+fn echo_conn(conn: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&*conn).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if send_all(conn, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The errno name of `err` (`EPERM`, `ETIMEDOUT`, …), as result lines print it.
+fn errno_name(err: &io::Error) -> String {
+    format!("{:?}", Errno::from_raw(errno_of(err)))
 }
 
 /// Std maps a connect timeout to an error without an OS code; the contract wants a name for it.
@@ -412,14 +532,29 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Action::TcpStream(addr, length) = args.action {
+        return match setup.and_then(|()| TcpStream::connect_timeout(&addr, TIMEOUT)) {
+            Ok(conn) => stream_main(&conn, length),
+            Err(err) => {
+                let errno = errno_of(&err);
+                println!("error {:?} errno={errno} pid={pid}", Errno::from_raw(errno));
+                eprintln!("enforcer-probe: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = setup.and_then(|()| match args.action {
-        Action::UdpBurst(..) | Action::TcpLoop(..) => unreachable!("handled above"),
+        Action::UdpBurst(..) | Action::TcpLoop(..) | Action::TcpStream(..) => {
+            unreachable!("handled above")
+        }
         Action::Kind(ref kind) => socket_kinds::run(kind),
         Action::TcpConnect(addr) => tcp_connect(addr),
         Action::UdpSendto(addr) => udp_sendto(addr),
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Ping(addr) => ping(addr),
-        Action::TcpListen(_) | Action::UdpListen(_) => listen(&args.action, args.v6only),
+        Action::TcpListen(_) | Action::TcpEchoListen(_) | Action::UdpListen(_) => {
+            listen(&args.action, args.v6only)
+        }
     });
     match result {
         Ok(()) => {
@@ -433,4 +568,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tcp-stream` once connected: the `connected` line, the exchanges, the `ended` line.
+fn stream_main(conn: &TcpStream, length: Duration) -> ExitCode {
+    let connected = Instant::now();
+    let pid = std::process::id();
+    let setup = conn
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .and_then(|()| conn.local_addr())
+        .and_then(|local| {
+            println!("connected local={local} pid={pid}");
+            io::stdout().flush()
+        });
+    if let Err(err) = setup {
+        let errno = errno_of(&err);
+        println!("error {:?} errno={errno} pid={pid}", Errno::from_raw(errno));
+        eprintln!("enforcer-probe: {err}");
+        return ExitCode::FAILURE;
+    }
+    let (exchanged, end) = tcp_stream(conn, connected, length);
+    let result = match &end {
+        None => "ok".to_owned(),
+        Some(StreamEnd::Eof) => "EOF".to_owned(),
+        Some(StreamEnd::Error(err)) => errno_name(err),
+    };
+    println!("ended {result} exchanged={exchanged} pid={pid}");
+    if let Some(StreamEnd::Error(err)) = &end {
+        eprintln!("enforcer-probe: {err}");
+    }
+    // The line is the result: a closed stdout at this point changes nothing.
+    let _ = io::stdout().flush();
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,247 @@
+//! Inbound: a flow is judged where it arrives, at the receiving socket of a workload
+//! (`cgroup_skb/ingress`), so a peer that runs no enforcer is stopped at the destination; a flow
+//! between two local processes is judged with both real identities; the failsafe port stays open
+//! under a policy that denies everything; and replies to what a workload opened are never judged
+//! as connections of their own.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    thread,
+    time::Duration,
+};
+
+use enforcer_tests::{
+    EVENT_TIMEOUT, Lab, Listener, Probe, Proto,
+    events::{self, Verdict},
+    require_privileges,
+};
+use serde_json::Value;
+
+const POLICY: &str = r#"
+[[workload]]
+name = "web"
+cgroup = "web"
+labels = { segment = "web" }
+
+[[workload]]
+name = "db"
+cgroup = "db"
+labels = { segment = "db" }
+
+[[segment]]
+name = "web-seg"
+select = { segment = "web" }
+
+[[segment]]
+name = "db-seg"
+select = { segment = "db" }
+
+[[allow]]
+from = "@world"
+to = "web-seg"
+ports = ["tcp/8080", "udp/5353"]
+
+[[allow]]
+from = "web-seg"
+to = "db-seg"
+ports = ["tcp/5432"]
+
+[[allow]]
+from = "web-seg"
+to = "@world"
+ports = ["tcp/80", "icmp"]
+"#;
+
+const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+const LOOPBACK4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOOPBACK6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+fn lab() -> Lab {
+    Lab::builder()
+        .workload("web")
+        .workload("db")
+        .policy("main.toml", POLICY)
+        .start()
+}
+
+/// A process on the peer host, which runs no enforcer.
+fn peer(lab: &Lab) -> Probe {
+    Probe::new(None, Some(lab.server_ns().name()))
+}
+
+/// A process on this node outside the managed cgroup tree.
+fn host_process(lab: &Lab) -> Probe {
+    Probe::new(None, Some(lab.client_ns().name()))
+}
+
+/// A dual-stack listener of workload `rel` on this node.
+fn serve(lab: &Lab, rel: &str, proto: Proto, port: u16) -> Listener {
+    lab.listen_local(rel, proto, ANY6, port)
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.instance().status()["daemon"]["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in status"))
+}
+
+/// The inbound denial of a flow to `ip:port`.
+fn inbound_denial(lab: &Lab, ip: IpAddr, port: u16) -> Value {
+    lab.daemon()
+        .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, ip, Some(port)))
+}
+
+#[test]
+fn a_peer_without_an_enforcer_is_judged_where_it_arrives() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let allowed_tcp = serve(&lab, "web", Proto::Tcp, 8080);
+    let denied_tcp = serve(&lab, "web", Proto::Tcp, 8081);
+    let allowed_udp = serve(&lab, "web", Proto::Udp, 5353);
+    let denied_udp = serve(&lab, "web", Proto::Udp, 5354);
+    let peer = peer(&lab);
+    for (round, node) in [lab.client4(), lab.client6()].into_iter().enumerate() {
+        peer.tcp_connect(node, 8080).assert_ok();
+        // Dropped where it arrives: the peer's SYN is never answered.
+        peer.tcp_connect(node, 8081).assert_errno("ETIMEDOUT");
+        let ev = inbound_denial(&lab, node, 8081);
+        events::assert_verdict(&ev, Verdict::Denied);
+        events::assert_names(&ev, "@world", "web");
+        events::assert_rule(&ev, "default-deny:web-seg");
+        assert_eq!(events::u64_at(&ev, "connection_info.direction_id"), 1);
+        assert_eq!(events::str_at(&ev, "unmapped.layer"), "packet");
+        assert_eq!(
+            events::str_at(&ev, "src_endpoint.ip")
+                .parse::<IpAddr>()
+                .ok(),
+            Some(if node.is_ipv4() {
+                lab.server4()
+            } else {
+                lab.server6()
+            })
+        );
+        // The receiving workload's process, recorded when its socket was made.
+        assert_eq!(events::str_at(&ev, "actor.process.name"), "enforcer-probe");
+
+        peer.udp_sendto(node, 5353).assert_ok();
+        allowed_udp.wait_for_peers(round + 1, EVENT_TIMEOUT);
+        peer.udp_sendto(node, 5354).assert_ok();
+        let ev = inbound_denial(&lab, node, 5354);
+        assert_eq!(events::str_at(&ev, "connection_info.protocol_name"), "udp");
+        events::assert_names(&ev, "@world", "web");
+    }
+    assert_eq!(allowed_tcp.peers().len(), 2);
+    assert!(denied_tcp.peers().is_empty(), "a denied SYN was accepted");
+    assert!(
+        denied_udp.peers().is_empty(),
+        "a denied datagram was delivered"
+    );
+}
+
+#[test]
+fn flows_between_local_processes_are_judged_with_both_identities() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let db = serve(&lab, "db", Proto::Tcp, 5432);
+    let _web = serve(&lab, "web", Proto::Tcp, 8080);
+    let before = counter(&lab, "judged_at_origin");
+    // web -> db is allowed, over loopback and the node's own addresses: the sender's egress
+    // judged it with both identities, and its verdict stands where it arrives.
+    for addr in [LOOPBACK4, LOOPBACK6, lab.client4(), lab.client6()] {
+        lab.probe("web").tcp_connect(addr, 5432).assert_ok();
+    }
+    db.wait_for_peers(4, EVENT_TIMEOUT);
+    assert!(
+        counter(&lab, "judged_at_origin") >= before + 4,
+        "arrivals from a managed sender were judged a second time"
+    );
+    // db -> web is not: db's own egress refuses it at once.
+    lab.probe("db").tcp_connect(LOOPBACK4, 8080).assert_denied();
+    // A process of the node outside the managed tree has no egress of its own to judge it: the
+    // arrival at db is judged, from the node's identity.
+    host_process(&lab)
+        .tcp_connect(lab.client4(), 5432)
+        .assert_errno("ETIMEDOUT");
+    let ev = inbound_denial(&lab, lab.client4(), 5432);
+    events::assert_names(&ev, enforcer_tests::CLIENT_NODE, "db");
+    events::assert_rule(&ev, "default-deny:db-seg");
+    assert_eq!(events::str_at(&ev, "unmapped.layer"), "packet");
+    assert_eq!(db.peers().len(), 4, "the node's process reached db");
+}
+
+#[test]
+fn the_failsafe_port_accepts_connections_under_a_policy_that_denies_everything() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::builder()
+        .workload("sshd")
+        .policy(
+            "main.toml",
+            r#"
+[[workload]]
+name = "sshd"
+cgroup = "sshd"
+labels = { segment = "ops" }
+
+[[segment]]
+name = "ops"
+select = { segment = "ops" }
+
+[[deny]]
+from = "@any"
+to = "@any"
+ports = ["any"]
+"#,
+        )
+        .start();
+    let ssh = serve(&lab, "sshd", Proto::Tcp, 22);
+    let _other = serve(&lab, "sshd", Proto::Tcp, 2222);
+    let peer = peer(&lab);
+    for node in [lab.client4(), lab.client6()] {
+        peer.tcp_connect(node, 22).assert_ok();
+        peer.tcp_connect(node, 2222).assert_errno("ETIMEDOUT");
+    }
+    ssh.wait_for_peers(2, EVENT_TIMEOUT);
+    assert!(
+        lab.daemon()
+            .stderr()
+            .contains("the failsafe inbound port tcp/22 overrides this deny rule"),
+        "the daemon did not warn about the rule the failsafe overrides:\n{}",
+        lab.daemon().stderr()
+    );
+    assert!(counter(&lab, "failsafe") >= 2);
+}
+
+#[test]
+fn replies_to_what_a_workload_opened_are_never_judged_as_arrivals() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let _http4 = lab.listen(Proto::Tcp, lab.server4(), 80);
+    let _http6 = lab.listen(Proto::Tcp, lab.server6(), 80);
+    let web = lab.probe("web");
+    for server in [lab.server4(), lab.server6()] {
+        web.tcp_connect(server, 80).assert_ok();
+        // The echo reply arrives at the ping socket: a reply, not an inbound echo request.
+        web.ping(server).assert_ok();
+    }
+    // Whatever the daemon reported, nothing was an arrival: give stray events time to come.
+    thread::sleep(Duration::from_millis(300));
+    let inbound: Vec<Value> = lab
+        .daemon()
+        .events()
+        .into_iter()
+        .filter(|e| events::u64_at(e, "connection_info.direction_id") != 2)
+        .collect();
+    assert!(
+        inbound.is_empty(),
+        "replies judged as arrivals: {inbound:#?}"
+    );
+    assert_eq!(counter(&lab, "denied"), 0);
+}
