@@ -17,6 +17,7 @@ mod ctx;
 mod local;
 mod lsm;
 mod maps;
+mod packet;
 mod report;
 mod skb;
 mod sock;

@@ -37,6 +37,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod events;
+pub mod fleet;
 pub mod instance;
 pub mod lab;
 pub mod netns;
@@ -49,6 +50,7 @@ pub mod tight_loop;
 
 pub use cgroup::CgroupDir;
 pub use daemon::{Daemon, DaemonArgs, EVENT_TIMEOUT, EarlyExit};
+pub use fleet::{Fleet, FleetNode};
 pub use instance::Instance;
 pub use lab::{CLIENT_NODE, Lab, LabBuilder};
 pub use netns::{NetNs, VethEnd, VethPair};

@@ -7,9 +7,10 @@ use anyhow::{Context as _, bail};
 use crate::{cargo_bin_dir, command, exec, output, path_with, require_root, say};
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 and nftables (the DNAT tests) for the labs,
-/// bpftool (the drift tests edit pinned maps with it, as an operator would), and venv support for
-/// Debian's own python3 (the OCSF validator).
-const APT_PACKAGES: [&str; 8] = [
+/// bpftool (the drift tests edit pinned maps with it, as an operator would), nmap, hping3 and
+/// iperf3 (traffic tools for the fleet tests), and venv support for Debian's own python3 (the OCSF
+/// validator).
+const APT_PACKAGES: [&str; 11] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -17,6 +18,9 @@ const APT_PACKAGES: [&str; 8] = [
     "iproute2",
     "nftables",
     "bpftool",
+    "nmap",
+    "hping3",
+    "iperf3",
     "python3-venv",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// What the socket's own memory says of a packet.
-pub(super) enum Recall {
+pub(crate) enum Recall {
     /// Its flow, judged by the policy in force.
     Current(SocketVerdict),
     /// Its flow, judged by an older policy; `FLOW_OUTBOUND` or `FLOW_INBOUND`, and whether it was
@@ -35,7 +35,7 @@ const fn flow_port(ends: &Ends, direction: u8) -> u16 {
 
 /// Looks the packet up in its socket's memory.
 #[inline(always)]
-pub(super) fn recall(cookie: u64, ends: &Ends, generation: u32) -> Recall {
+pub(crate) fn recall(cookie: u64, ends: &Ends, generation: u32) -> Recall {
     // SAFETY: hash map values are read-only copies for us.
     let Some(memory) = (unsafe { SOCKET_VERDICTS.get(cookie) }) else {
         return Recall::Unknown;
@@ -55,7 +55,7 @@ pub(super) fn recall(cookie: u64, ends: &Ends, generation: u32) -> Recall {
 
 /// The flow-table key of the packet's flow if it was opened in `direction`.
 #[inline(always)]
-pub(super) fn key(ends: &Ends, direction: u8) -> FlowKey {
+pub(crate) fn key(ends: &Ends, direction: u8) -> FlowKey {
     let (local_port, remote_port) = (
         port_of(ends.protocol, ends.local_port),
         port_of(ends.protocol, ends.remote_port),
@@ -76,7 +76,7 @@ pub(super) fn key(ends: &Ends, direction: u8) -> FlowKey {
 }
 
 /// What the flow table says of a packet the socket does not remember.
-pub(super) enum Tracked {
+pub(crate) enum Tracked {
     /// A flow judged by the policy in force: what the socket should remember of it.
     Current(SocketVerdict),
     /// A flow let through by an older policy, opened in this direction.
@@ -86,7 +86,7 @@ pub(super) enum Tracked {
 
 /// Looks the packet's flow up, opened either way.
 #[inline(never)]
-pub(super) fn tracked(ends: &Ends, generation: u32) -> Tracked {
+pub(crate) fn tracked(ends: &Ends, generation: u32) -> Tracked {
     let mut direction = FLOW_OUTBOUND;
     // SAFETY: hash map values are read-only copies for us.
     let mut state = unsafe { FLOWS.get(key(ends, FLOW_OUTBOUND)) };
@@ -119,7 +119,7 @@ pub(super) fn tracked(ends: &Ends, generation: u32) -> Tracked {
 
 /// Records a flow let through, so that its replies (on any socket) are known.
 #[inline(always)]
-pub(super) fn track(key: &FlowKey, state: &FlowState) {
+pub(crate) fn track(key: &FlowKey, state: &FlowState) {
     // SAFETY: as above.
     if unsafe { FLOWS.get(key) } == Some(state) {
         return;
@@ -132,7 +132,7 @@ pub(super) fn track(key: &FlowKey, state: &FlowState) {
 /// Records a flow the socket hooks judged (they cannot: its source address and port are chosen
 /// after them), when its first packet leaves. The source identity is not known here.
 #[inline(never)]
-pub(super) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
+pub(crate) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
     track(
         &key(ends, FLOW_OUTBOUND),
         &FlowState {
