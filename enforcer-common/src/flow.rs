@@ -51,11 +51,20 @@ pub struct FlowState {
     /// [`VERDICT_ALLOW`](crate::VERDICT_ALLOW) or [`VERDICT_AUDIT`](crate::VERDICT_AUDIT): denied
     /// flows are not tracked, their packets never pass.
     pub verdict: u8,
-    /// [`FLOW_OUTBOUND`](crate::FLOW_OUTBOUND) when a socket of the subtree opened it (recorded at
+    /// [`FLOW_OUTBOUND`](crate::FLOW_OUTBOUND) when a socket of this node opened it (recorded at
     /// egress), [`FLOW_INBOUND`](crate::FLOW_INBOUND) when it arrived (recorded at ingress).
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// [`ORIGIN_JUDGED`] or [`ORIGIN_NODE`].
+    pub origin: u8,
+    pub _pad: u8,
 }
+
+/// [`FlowState::origin`]: a program judged the flow; a new generation judges it again.
+pub const ORIGIN_JUDGED: u8 = 0;
+/// [`FlowState::origin`]: a process of the node outside the managed subtree opened it, seen
+/// leaving an interface. Nothing judges such flows; they are tracked only so that their replies
+/// are not taken for arrivals.
+pub const ORIGIN_NODE: u8 = 1;
 
 const _: () = {
     assert!(size_of::<FlowKey>() == 40);

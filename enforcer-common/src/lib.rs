@@ -495,6 +495,9 @@ pub mod hook {
     pub const LSM_SENDMSG: u8 = 7;
     /// `cgroup_skb/ingress`: flows arriving at a socket of the managed subtree.
     pub const SKB_INGRESS: u8 = 8;
+    /// tcx ingress on an interface of the node: arrivals that reach no socket of the subtree
+    /// (closed ports, scans, processes outside the subtree, ICMP to the node).
+    pub const TC_INGRESS: u8 = 9;
 }
 
 /// Why a connection was denied (or audited).

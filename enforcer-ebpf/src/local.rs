@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_sk_ancestor_cgroup_id, bpf_sk_cgroup_id, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
-        bpf_sk_release,
+        bpf_sk_release, bpf_skc_lookup_tcp,
     },
 };
 use enforcer_common::{
@@ -118,6 +118,8 @@ pub(crate) struct Ends {
     /// Folded (see `fold_protocol`).
     pub folded: u8,
     pub tcp_flags: u8,
+    /// The ICMP or ICMPv6 message type.
+    pub icmp_type: u8,
     /// An IPv6 routing header or an IPv4 source route.
     pub source_routed: bool,
     /// A fragment other than the first: no transport header to judge.
@@ -131,9 +133,9 @@ pub(crate) struct Ends {
 fn lookup_remote(ctx: *mut c_void, ends: &Ends) -> *mut bpf_sock {
     let ports = (u32::from(ends.local_port) << 16) | u32::from(ends.remote_port);
     if is_ipv4_mapped(&ends.remote_addr) {
-        lookup_v4(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
+        lookup_v4::<false>(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
     } else {
-        lookup_v6(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
+        lookup_v6::<false>(ctx, &ends.local_addr, &ends.remote_addr, ports, ends.folded)
     }
 }
 
@@ -171,12 +173,13 @@ fn lookup_local(ctx: *mut c_void, addr: &[u8; 16], port: u16, folded: u8) -> *mu
             size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
         )
     };
-    call_lookup(ctx, &mut raw, size, folded)
+    call_lookup::<false>(ctx, &mut raw, size, folded)
 }
 
-/// Calls the lookup helper of `folded` on a tuple of `size` bytes.
+/// Calls the lookup helper of `folded` on a tuple of `size` bytes; `ANY_STATE` finds TCP sockets
+/// in every state (request and time-wait too), not only full ones.
 #[inline(always)]
-fn call_lookup(
+fn call_lookup<const ANY_STATE: bool>(
     ctx: *mut c_void,
     raw: &mut bpf_sock_tuple,
     size: usize,
@@ -185,7 +188,9 @@ fn call_lookup(
     // SAFETY: the tuple lives on the caller's stack for the call; the helper copies what it
     // needs.
     unsafe {
-        if folded == protocol::TCP {
+        if ANY_STATE {
+            bpf_skc_lookup_tcp(ctx, raw, size as u32, CURRENT_NETNS, 0).cast()
+        } else if folded == protocol::TCP {
             bpf_sk_lookup_tcp(ctx, raw, size as u32, CURRENT_NETNS, 0)
         } else {
             bpf_sk_lookup_udp(ctx, raw, size as u32, CURRENT_NETNS, 0)
@@ -198,7 +203,7 @@ fn call_lookup(
 /// `ports` holds the source port in its high and the destination port in its low 16 bits (host
 /// byte order), because BPF calls take at most five arguments.
 #[inline(never)]
-fn lookup_v4(
+fn lookup_v4<const ANY_STATE: bool>(
     ctx: *mut c_void,
     src: &[u8; 16],
     dst: &[u8; 16],
@@ -215,7 +220,7 @@ fn lookup_v4(
             },
         },
     };
-    call_lookup(
+    call_lookup::<ANY_STATE>(
         ctx,
         &mut raw,
         size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
@@ -225,7 +230,7 @@ fn lookup_v4(
 
 /// The IPv6 lookup (see [`lookup_v4`]).
 #[inline(never)]
-fn lookup_v6(
+fn lookup_v6<const ANY_STATE: bool>(
     ctx: *mut c_void,
     src: &[u8; 16],
     dst: &[u8; 16],
@@ -242,7 +247,7 @@ fn lookup_v6(
             },
         },
     };
-    call_lookup(
+    call_lookup::<ANY_STATE>(
         ctx,
         &mut raw,
         size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
@@ -404,4 +409,61 @@ pub(crate) fn listening(ctx: *mut c_void, addr: &[u8; 16], port: u16) -> bool {
     // SAFETY: released exactly once.
     unsafe { bpf_sk_release(sk.cast()) };
     state == sock::TCP_LISTEN
+}
+
+/// Whether the socket that will receive the arriving packet of `ends` (local end = destination)
+/// belongs to the managed subtree, whose own ingress program judges it. TC cannot ask the kernel
+/// for a socket's cgroup, so this is `LISTENERS`' answer: sockets bound inside the subtree while
+/// the programs ran. TCP finds listeners and established sockets, anything else UDP sockets. Its
+/// own BPF function: its stack frame is not added to the caller's.
+#[inline(never)]
+pub(crate) fn receiver_in_subtree(ctx: *mut c_void, ends: &Ends) -> bool {
+    if ends.folded != protocol::TCP && ends.folded != protocol::UDP {
+        return false;
+    }
+    let ports = (u32::from(ends.remote_port) << 16) | u32::from(ends.local_port);
+    let sk = if is_ipv4_mapped(&ends.local_addr) {
+        lookup_v4::<false>(ctx, &ends.remote_addr, &ends.local_addr, ports, ends.folded)
+    } else {
+        lookup_v6::<false>(ctx, &ends.remote_addr, &ends.local_addr, ports, ends.folded)
+    };
+    if sk.is_null() {
+        return false;
+    }
+    let key = listener_key(sk, crate::maps::runtime().node_netns_cookie, ends.folded);
+    // SAFETY: `sk` came from a lookup helper and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    // SAFETY: hash map values are read-only copies for us.
+    unsafe { LISTENERS.get(key) }.is_some()
+}
+
+/// Whether any TCP socket (established, request or time-wait) matches the arriving segment of
+/// `ends` exactly: a segment without one is stray. Its own BPF function: its stack frame is not
+/// added to the caller's.
+#[inline(never)]
+pub(crate) fn socket_exists(ctx: *mut c_void, ends: &Ends) -> bool {
+    let ports = (u32::from(ends.remote_port) << 16) | u32::from(ends.local_port);
+    let sk = if is_ipv4_mapped(&ends.local_addr) {
+        lookup_v4::<true>(
+            ctx,
+            &ends.remote_addr,
+            &ends.local_addr,
+            ports,
+            protocol::TCP,
+        )
+    } else {
+        lookup_v6::<true>(
+            ctx,
+            &ends.remote_addr,
+            &ends.local_addr,
+            ports,
+            protocol::TCP,
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` came from a lookup helper and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
 }

@@ -4,6 +4,9 @@
 //! - `skb`: `cgroup_skb/egress` and `ingress` — every packet a socket in the subtree sends or
 //!   receives, judged by its real (post-NAT) addresses and protocol in the direction that opened
 //!   its flow, one lookup for a flow already judged, judged again when the policy changes;
+//! - `tc`: tcx ingress and egress on the node's interfaces — arrivals no socket of the subtree
+//!   receives (closed ports, scans, processes outside the subtree, ICMP echo), and the flows those
+//!   processes open, so that their replies are known;
 //! - `sockopt`: `cgroup/setsockopt` — no source routing for segment members;
 //! - `lsm`: BPF LSM — sockets created outside the subtree, packet sockets;
 //! - `sock`: `sock_create`, `post_bind4/6`, `sock_release` — what the judges need to know.
@@ -23,11 +26,14 @@ mod skb;
 mod sock;
 mod sock_addr;
 mod sockopt;
+mod tc;
 mod view;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm},
-    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, lsm},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext,
+    },
 };
 use enforcer_common::hook;
 
@@ -64,6 +70,8 @@ program!(
     SkBuffContext,
     skb::judge_packet::<true>
 );
+program!(classifier, arrivals, TcContext, tc::arrivals);
+program!(classifier, departures, TcContext, tc::departures);
 program!(
     cgroup_sockopt(setsockopt),
     setsockopt,

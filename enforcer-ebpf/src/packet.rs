@@ -155,11 +155,7 @@ fn addresses<const INGRESS: bool>(ends: &mut Ends, src: [u8; 16], dst: [u8; 16])
 }
 
 #[inline(always)]
-fn transport<const INGRESS: bool>(
-    at: &At<'_>,
-    offset: usize,
-    ends: &mut Ends,
-) -> Option<()> {
+fn transport<const INGRESS: bool>(at: &At<'_>, offset: usize, ends: &mut Ends) -> Option<()> {
     if has_ports(ends.protocol) {
         let src: u16 = u16::from_be(at.load(offset)?);
         let dst: u16 = u16::from_be(at.load(offset + 2)?);
@@ -173,10 +169,11 @@ fn transport<const INGRESS: bool>(
         if ends.protocol == protocol::TCP {
             ends.tcp_flags = at.load(offset + 13)?;
         }
+    } else if ends.protocol == protocol::ICMP || ends.protocol == protocol::ICMPV6 {
+        ends.icmp_type = at.load(offset)?;
     }
     Some(())
 }
-
 
 /// A TCP segment that opens a connection: SYN without ACK.
 #[inline(always)]

@@ -45,7 +45,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{}", prepared.compiled.render(&prepared.identities));
             Ok(())
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Status(args) => {
             let status = cli::status(&args)?;
             println!("{}", serde_json::to_string_pretty(&status)?);
@@ -88,6 +88,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ready_file: args.ready_file,
         event_buffer_bytes: args.event_buffer_kib * 1024,
         netns: args.netns,
+        interfaces: args.interfaces,
         max_cgroups: args.max_cgroups,
         limits: Limits {
             addr_exact: args.max_addresses,

@@ -9,6 +9,7 @@ use enforcer_common::{
     EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_INBOUND, FLOW_OUTBOUND,
     FlowState, IDENTITY_SEGMENTED, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
     decide::{Decision, PolicyView as _, decide},
+    flow::ORIGIN_JUDGED,
     hook, reason,
 };
 
@@ -354,7 +355,8 @@ fn memorise(flow: &Flow, decision: &Decision, direction: u8, listener: bool) {
                 dst_identity: decision.dst_identity,
                 verdict: decision.verdict,
                 direction,
-                _pad: [0; 2],
+                origin: ORIGIN_JUDGED,
+                _pad: 0,
             },
         );
     }

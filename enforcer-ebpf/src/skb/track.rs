@@ -3,6 +3,7 @@
 
 use enforcer_common::{
     FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY, counter,
+    flow::{ORIGIN_JUDGED, ORIGIN_NODE},
 };
 
 use crate::{
@@ -98,7 +99,8 @@ pub(crate) fn tracked(ends: &Ends, generation: u32) -> Tracked {
     let Some(state) = state else {
         return Tracked::Unknown;
     };
-    if state.generation != generation {
+    // A flow of the node outside the subtree was never judged, so no policy change revokes it.
+    if state.generation != generation && state.origin != ORIGIN_NODE {
         return Tracked::Stale(direction);
     }
     Tracked::Current(SocketVerdict {
@@ -141,7 +143,8 @@ pub(crate) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
             dst_identity: memory.peer_identity,
             verdict: memory.verdict,
             direction: FLOW_OUTBOUND,
-            _pad: [0; 2],
+            origin: ORIGIN_JUDGED,
+            _pad: 0,
         },
     );
 }

@@ -38,7 +38,7 @@ pub enum Command {
         node: Option<String>,
     },
     /// Enforce a policy on this node until SIGINT/SIGTERM (the pins keep enforcing after).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// What the instance enforces: works with the daemon down (reads the pins).
     Status(InstanceArgs),
     /// Ask the running daemon to reload its policy directory.
@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// learnt from the kernel and kept current, declared in `[[node]]` or not.
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// An interface of the node's namespace to judge arrivals on (closed ports, scans, processes
+    /// outside the managed tree, ICMP echo); repeatable. Default: every interface that is up,
+    /// loopback excepted, and those that come up later.
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
     /// Cgroup labels the kernel can hold (two policy slots share them during a swap, so one
     /// policy may label half). Cgroups beyond it inherit or are held, never let out, and are
     /// reported.

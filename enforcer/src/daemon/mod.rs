@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub event_buffer_bytes: u32,
     /// The node's network namespace; `None`: the daemon's own.
     pub netns: Option<PathBuf>,
+    /// The interfaces of the node's namespace the interface layer covers; empty: every one that
+    /// is up, loopback excepted, including those that come up later.
+    pub interfaces: Vec<String>,
     /// Entries of the kernel's cgroup label map (both policy slots).
     pub max_cgroups: u32,
     /// Sizes of the other policy maps (both slots).

@@ -25,8 +25,9 @@ use super::{
 use crate::{
     compile,
     control::Response,
-    datapath::{DatapathError, KernelDatapath},
+    datapath::{DatapathError, KernelDatapath, select_interfaces},
     events::{FlowNode, PolicyContext, PolicyRejection},
+    host::{NetNs, interfaces},
     identity::{CgroupTree, IdentityAllocator},
     policy,
 };
@@ -93,6 +94,10 @@ pub struct Reconciler {
     /// The tree the labels were last synced from.
     pub synced: Arc<CgroupTree>,
     pub events_lost: u64,
+    /// The node's network namespace, whose interfaces the interface layer covers.
+    pub node_netns: NetNs,
+    /// The interfaces covered now.
+    pub interfaces: Vec<String>,
 }
 
 /// How often the lost-event counter is checked; a growing count is logged as a warning.
@@ -473,6 +478,34 @@ impl Reconciler {
             Ok(_) => {}
             Err(error) => error!(%error, "syncing the node's local addresses failed"),
         }
+        // An interface that came up usually brings an address: look for new ones then.
+        if self.config.interfaces.is_empty()
+            && let Err(error) = self.cover_interfaces()
+        {
+            error!(error = %error_chain(&error), "covering the node's interfaces failed");
+        }
+    }
+
+    /// Puts the interface layer on every interface it should cover and does not yet (all named
+    /// by `--interface`, else every one that is up but loopback), and off those that are gone.
+    ///
+    /// # Errors
+    /// When the interfaces cannot be listed or the kernel refuses a link.
+    pub fn cover_interfaces(&mut self) -> Result<(), DatapathError> {
+        let all = interfaces(&self.node_netns).map_err(|source| DatapathError::Interface {
+            interface: "(listing)".to_owned(),
+            source,
+        })?;
+        let chosen = select_interfaces(&all, &self.config.interfaces)?;
+        let names: Vec<String> = chosen.iter().map(|i| i.name.clone()).collect();
+        if names == self.interfaces {
+            return Ok(());
+        }
+        self.datapath
+            .attach_interfaces(&self.node_netns, &chosen, &self.interfaces)?;
+        info!(interfaces = ?names, "arrivals judged on these interfaces");
+        self.interfaces = names;
+        Ok(())
     }
 
     /// Puts right whatever drifted; returns how many entries, or `None` when it failed.

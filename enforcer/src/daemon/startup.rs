@@ -246,6 +246,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         },
         synced: Arc::new(CgroupTree::default()),
         events_lost: 0,
+        node_netns: node_netns.try_clone()?,
+        interfaces: Vec::new(),
     };
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (sink_tx, sink_rx) = mpsc::channel(SINK_QUEUE);
@@ -408,6 +410,7 @@ fn enforce(
     reconciler.first_policy(inputs)?;
     reconciler.relabel_all(&tree);
     let attached = reconciler.datapath.attach(cgroup_root)?;
+    reconciler.cover_interfaces()?;
     info!(
         policy = %config.policy_dir.display(),
         version = reconciler.status.version.as_deref().unwrap_or("none"),

@@ -8,6 +8,7 @@
 
 mod image;
 mod inspect;
+mod interfaces;
 mod maps;
 mod memory;
 mod pins;
@@ -30,6 +31,7 @@ use self::maps::HostMaps;
 pub use self::{
     image::{EntryKey, EntryValue, SlotImage},
     inspect::{PinnedLinkInfo, PinnedState, read_pins},
+    interfaces::select as select_interfaces,
     maps::KernelMaps,
     memory::MemoryDatapath,
     pins::{PinDir, layout_name},
@@ -119,6 +121,14 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error("attaching the interface layer to {interface}")]
+    Interface {
+        interface: String,
+        #[source]
+        source: crate::host::HostError,
+    },
+    #[error("there is no interface {0} in the node's network namespace (--interface)")]
+    NoInterface(String),
 }
 
 /// How to load the datapath.
@@ -231,6 +241,7 @@ impl KernelDatapath {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
         let lsm_refused = programs::load(&mut ebpf, btf.as_ref())?;
+        interfaces::load(&mut ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let slots = PolicySlots::adopt(maps, options.cgroup_entries as usize / 2)?;
         let host = HostMaps::take(&mut ebpf)?;
@@ -315,6 +326,21 @@ impl KernelDatapath {
             })?;
         }
         Ok(attached)
+    }
+
+    /// Puts the interface layer on `chosen` (interfaces of the node's namespace `ns`) but those
+    /// in `current` (covered by this daemon already), and takes it off interfaces it was pinned on
+    /// that are not chosen any more. Returns how many are covered.
+    ///
+    /// # Errors
+    /// When the namespace cannot be entered, the kernel refuses a link or a pin fails.
+    pub fn attach_interfaces(
+        &mut self,
+        ns: &crate::host::NetNs,
+        chosen: &[crate::host::Interface],
+        current: &[String],
+    ) -> Result<usize, DatapathError> {
+        interfaces::attach(&self.ebpf, &self.pins, ns, chosen, current)
     }
 
     /// Removes every pin of the instance: its programs are detached once this daemon exits.

@@ -353,6 +353,28 @@ pub fn create_cgroup_link(
     owned(unsafe { sys_bpf(BPF_LINK_CREATE, &mut attr) }?)
 }
 
+/// Attaches `program` to the interface `ifindex` of the calling thread's network namespace with a
+/// new tcx link (`BPF_TCX_INGRESS` or `BPF_TCX_EGRESS`), appended after the programs already
+/// there; returns the link.
+///
+/// # Errors
+/// When the kernel refuses (no such interface, no tcx support).
+pub fn create_tcx_link(
+    program: BorrowedFd<'_>,
+    ifindex: u32,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: raw(program)?,
+        target_fd: ifindex,
+        attach_type,
+        flags: 0,
+    };
+    // SAFETY: the layout of BPF_LINK_CREATE's attributes; for tcx the target is an ifindex in the
+    // same place, and the zeroed rest means "after every program, any revision".
+    owned(unsafe { sys_bpf(BPF_LINK_CREATE, &mut attr) }?)
+}
+
 /// Makes `link` run `program` from now on, in one step: the kernel swaps the program under the
 /// link, so the hook is never without one.
 ///

@@ -180,7 +180,7 @@ fn record(
         },
         protocol: event.protocol,
         ip_version: event.ip_version,
-        outbound: event.hook != hook::SKB_INGRESS,
+        outbound: !matches!(event.hook, hook::SKB_INGRESS | hook::TC_INGRESS),
         revoked: event.flags & EVENT_REVOKED != 0,
         src: endpoint(context, event.src_identity, src_ip, port(event.src_port)),
         dst: endpoint(context, event.dst_identity, dst_ip, port(event.dst_port)),
@@ -188,6 +188,7 @@ fn record(
         layer: match event.hook {
             hook::SKB_EGRESS | hook::SKB_INGRESS => Layer::Packet,
             hook::LSM_CONNECT | hook::LSM_SENDMSG => Layer::Lsm,
+            hook::TC_INGRESS => Layer::Interface,
             _ => Layer::Socket,
         },
         process_from_socket: event.flags & EVENT_PROCESS_FROM_SOCKET != 0,

@@ -35,10 +35,12 @@ pub struct FlowEndpoint {
 pub enum Layer {
     /// `connect`/`sendmsg` hooks: refused with `EPERM` before any packet.
     Socket,
-    /// `cgroup_skb` egress: the packet, after NAT, dropped.
+    /// `cgroup_skb` egress or ingress: the packet, after NAT, dropped.
     Packet,
     /// BPF LSM: a socket created outside the managed subtree.
     Lsm,
+    /// tcx ingress on an interface: an arrival no socket of the subtree receives, dropped.
+    Interface,
 }
 
 impl Layer {
@@ -48,6 +50,7 @@ impl Layer {
             Self::Socket => "socket",
             Self::Packet => "packet",
             Self::Lsm => "lsm",
+            Self::Interface => "interface",
         }
     }
 }

@@ -26,6 +26,7 @@
 //! [`socket_in`]: crate::host::socket_in
 
 mod addresses;
+mod links;
 mod netlink;
 mod netns;
 mod sockets;
@@ -37,7 +38,8 @@ use std::{io, path::PathBuf};
 
 pub use self::{
     addresses::{AddressWatcher, local_addresses},
-    netns::{NetNs, netns_cookie, socket_in},
+    links::{Interface, interfaces},
+    netns::{NetNs, in_netns, netns_cookie, socket_in},
     sockets::{Aborted, TcpSocketId, abort_tcp},
     source::{ResolverConfig, SourceResolver},
 };

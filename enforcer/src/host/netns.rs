@@ -122,7 +122,7 @@ impl NetNs {
 /// Runs `work` inside `ns` and returns its result, without moving any of the daemon's threads:
 /// `setns` happens in a scratch thread that ends with `work`. What `work` creates there (sockets)
 /// stays bound to `ns`.
-pub(super) fn in_netns<T, F>(ns: &NetNs, work: F) -> Result<T, HostError>
+pub fn in_netns<T, F>(ns: &NetNs, work: F) -> Result<T, HostError>
 where
     T: Send,
     F: FnOnce() -> Result<T, HostError> + Send,

@@ -1,0 +1,168 @@
+//! The interface layer on the node's interfaces: one tcx link each way per interface, pinned so
+//! that it outlives the daemon.
+//!
+//! A restarted daemon attaches its own programs with new links before it drops the pinned ones,
+//! so an interface is never without a program: for a moment both run, and the first verdict that
+//! drops a packet stops it (the programs agree, and only the dropping one reports).
+
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+};
+
+use aya::{Ebpf, programs::SchedClassifier};
+
+use super::{
+    DatapathError,
+    pins::{self, PinDir},
+    programs::{self},
+};
+use crate::host::{HostError, Interface, NetNs, in_netns};
+
+/// tcx ingress: arrivals no socket of the subtree receives.
+pub(super) const ARRIVALS: &str = "arrivals";
+/// tcx egress: the flows processes of the node outside the subtree open.
+pub(super) const DEPARTURES: &str = "departures";
+/// `BPF_TCX_INGRESS`, `BPF_TCX_EGRESS` (`include/uapi/linux/bpf.h`).
+const TCX: [(&str, u32); 2] = [(ARRIVALS, 46), (DEPARTURES, 47)];
+/// Separates a program's name from its interface's in a link pin.
+const AT: char = '@';
+
+/// Loads both programs (the verifier runs here).
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    for (name, _) in TCX {
+        programs::program::<SchedClassifier>(ebpf, name)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: name,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Puts both programs on every interface of `interfaces` (which live in `ns`) but those in
+/// `current` (already running this daemon's programs), and takes them off every interface that
+/// pins say they were on but that is not in the list any more. Returns the number of interfaces
+/// now covered.
+pub(super) fn attach(
+    ebpf: &Ebpf,
+    pins: &PinDir,
+    ns: &NetNs,
+    interfaces: &[Interface],
+    current: &[String],
+) -> Result<usize, DatapathError> {
+    let mut fds = Vec::new();
+    for (name, attach_type) in TCX {
+        let program = ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        let fd = program
+            .fd()
+            .map_err(|source| DatapathError::Program {
+                program: name,
+                source,
+            })?
+            .as_fd()
+            .as_raw_fd();
+        fds.push((name, attach_type, fd));
+    }
+    for interface in interfaces.iter().filter(|i| !current.contains(&i.name)) {
+        let index = interface.index;
+        let targets = fds.clone();
+        // Interface indexes are per namespace: the links are made from inside it.
+        let links = in_netns(ns, move || {
+            targets
+                .iter()
+                .map(|&(name, attach_type, fd)| {
+                    // SAFETY: `fd` is a program descriptor of `ebpf`, which outlives this call
+                    // (the scratch thread is joined before `in_netns` returns).
+                    let program = unsafe { BorrowedFd::borrow_raw(fd) };
+                    pins::create_tcx_link(program, index, attach_type)
+                        .map(|link| (name, link))
+                        .map_err(|source| HostError::Kernel {
+                            op: "BPF_LINK_CREATE (tcx)",
+                            source,
+                        })
+                })
+                .collect::<Result<Vec<(&'static str, OwnedFd)>, HostError>>()
+        })
+        .map_err(|source| DatapathError::Interface {
+            interface: interface.name.clone(),
+            source,
+        })?;
+        for (name, link) in links {
+            let path = pins.link(&format!("{name}{AT}{}", interface.name));
+            remove_pin(&path)?;
+            pins::pin(link.as_fd(), &path)?;
+        }
+    }
+    for stale in pinned_interfaces(pins)? {
+        if !interfaces.iter().any(|i| i.name == stale) {
+            for (name, _) in TCX {
+                remove_pin(&pins.link(&format!("{name}{AT}{stale}")))?;
+            }
+        }
+    }
+    Ok(interfaces.len())
+}
+
+/// The interfaces whose links are pinned.
+fn pinned_interfaces(pins: &PinDir) -> Result<Vec<String>, DatapathError> {
+    let dir = pins.links();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(DatapathError::Pin { path: dir, source }),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| DatapathError::Pin {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(interface) = name
+            .strip_prefix(ARRIVALS)
+            .and_then(|rest| rest.strip_prefix(AT))
+        {
+            found.push(interface.to_owned());
+        }
+    }
+    Ok(found)
+}
+
+fn remove_pin(path: &std::path::Path) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Pin {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The interfaces the layer covers: those named (every one must exist), else every interface
+/// that is up, loopback excepted (nothing arrives on it from outside the node).
+///
+/// # Errors
+/// When a named interface does not exist in the namespace.
+pub fn select(all: &[Interface], named: &[String]) -> Result<Vec<Interface>, DatapathError> {
+    if named.is_empty() {
+        return Ok(all
+            .iter()
+            .filter(|i| i.up && !i.loopback)
+            .cloned()
+            .collect());
+    }
+    named
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|i| &i.name == name)
+                .cloned()
+                .ok_or_else(|| DatapathError::NoInterface(name.clone()))
+        })
+        .collect()
+}
