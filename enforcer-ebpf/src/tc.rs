@@ -45,6 +45,18 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
+/// ICMP errors (destination unreachable, source quench, time exceeded, parameter problem), and
+/// for ICMPv6 its errors (1 to 4), multicast listener discovery (130 to 132, 143) and neighbour
+/// discovery (133 to 137).
+#[inline(always)]
+const fn is_error_or_discovery(kind: u8, v6: bool) -> bool {
+    if v6 {
+        matches!(kind, 1..=4 | 130..=137 | 143)
+    } else {
+        matches!(kind, 3 | 4 | 11 | 12)
+    }
+}
+
 /// The network protocol (network byte order) and where its header starts, past any VLAN tags;
 /// `None` for a frame that is not IPv4 or IPv6 (ARP, LLDP, …), which no IP rule speaks to.
 #[inline(always)]
@@ -119,12 +131,15 @@ fn classify(ctx: &TcContext, ends: &Ends) -> Arrival {
         return Arrival::Judge(false);
     };
     if ends.protocol == protocol::ICMP || ends.protocol == protocol::ICMPV6 {
+        let v6 = ends.protocol == protocol::ICMPV6;
         match ends.icmp_type {
-            ICMP_ECHO_REQUEST | ICMPV6_ECHO_REQUEST => return Arrival::Judge(false),
-            ICMP_ECHO_REPLY | ICMPV6_ECHO_REPLY => {}
-            // Errors and neighbour discovery belong to flows (or to the link) already let
-            // through; dropping them would break what the policy allowed.
-            _ => return Arrival::Pass,
+            ICMP_ECHO_REPLY if !v6 => {}
+            ICMPV6_ECHO_REPLY if v6 => {}
+            // Errors belong to flows already let through and neighbour discovery to the link;
+            // dropping them would break what the policy allowed.
+            kind if is_error_or_discovery(kind, v6) => return Arrival::Pass,
+            // Echo, timestamp, information and the rest ask the node something: a new flow.
+            _ => return Arrival::Judge(false),
         }
     } else if opens_tcp(ends) {
         return if receiver_in_subtree(ctx.as_ptr(), ends) {
@@ -276,6 +291,12 @@ pub(crate) fn departures(ctx: &TcContext) -> i32 {
 
 #[inline(never)]
 fn record_departure(ends: &Ends) {
+    // SAFETY: hash map values are read-only copies for us.
+    if unsafe { FLOWS.get(track::key(ends, FLOW_INBOUND)) }.is_some() {
+        // A reply (a datagram answering an arrival): recording it as opened here would let the
+        // arrival's flow outlive a policy that revokes it.
+        return;
+    }
     let state = FlowState {
         generation: 0,
         src_identity: 0,

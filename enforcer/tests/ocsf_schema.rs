@@ -109,6 +109,7 @@ fn base() -> FlowRecord {
         ip_version: 4,
         outbound: true,
         revoked: false,
+        swept_ports: Vec::new(),
         src: endpoint("web", v4(1), Some(40000)),
         dst: endpoint("db", v4(2), Some(5432)),
         process: Some(FlowProcess {
@@ -136,7 +137,7 @@ fn base() -> FlowRecord {
 
 /// Every variation the renderer knows: deny/audit, tcp/udp/icmp/icmpv6, v4/v6,
 /// lateral/outbound/inbound, with and without process (and cmd_line), rule and default-deny,
-/// physical and virtual node, aggregated count, unknown generation, a revoked flow.
+/// physical and virtual node, aggregated count, unknown generation, a revoked flow, a sweep.
 fn samples() -> Vec<FlowRecord> {
     let base = base();
     vec![
@@ -160,6 +161,15 @@ fn samples() -> Vec<FlowRecord> {
             layer: Layer::Packet,
             outbound: false,
             revoked: true,
+            ..base.clone()
+        },
+        FlowRecord {
+            layer: Layer::Interface,
+            outbound: false,
+            process: None,
+            count: 250,
+            swept_ports: vec![22, 23, 80, 443],
+            dst: endpoint("db", v4(2), None),
             ..base.clone()
         },
         FlowRecord {

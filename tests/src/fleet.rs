@@ -247,7 +247,10 @@ impl Default for FleetBuilder {
 impl FleetBuilder {
     /// How many enforcing nodes (default 2, at most 50).
     pub fn nodes(mut self, n: usize) -> Self {
-        assert!((1..=MAX_NODES).contains(&n), "a fleet has 1 to {MAX_NODES} nodes");
+        assert!(
+            (1..=MAX_NODES).contains(&n),
+            "a fleet has 1 to {MAX_NODES} nodes"
+        );
         self.nodes = n;
         self
     }
@@ -278,10 +281,7 @@ impl FleetBuilder {
             &switch,
             "peer",
             &peer,
-            &[
-                (net.host4(PEER_HOST), 24),
-                (net.host6(PEER_HOST), 64),
-            ],
+            &[(net.host4(PEER_HOST), 24), (net.host6(PEER_HOST), 64)],
         );
         peer.allow_ping_sockets();
         let mut fleet = Fleet {

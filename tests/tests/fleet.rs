@@ -4,10 +4,7 @@
 use std::net::IpAddr;
 
 use enforcer_tests::{
-    Fleet, Proto,
-    fleet::NODES_FILE,
-    netns::list_netns,
-    require_privileges,
+    EVENT_TIMEOUT, Fleet, Proto, events, fleet::NODES_FILE, netns::list_netns, require_privileges,
 };
 
 const POLICY: &str = r#"
@@ -22,6 +19,19 @@ select = { segment = "web" }
 
 [[allow]]
 from = "web-seg"
+to = "web-seg"
+ports = ["tcp/8080"]
+
+# A workload on another node is seen as that node (its address is in the node's table), so web on
+# one node reaching web on another takes both halves: out of web-seg to the nodes at the source,
+# and from the nodes into web-seg at the destination.
+[[allow]]
+from = "web-seg"
+to = { role = "node" }
+ports = ["tcp/8080"]
+
+[[allow]]
+from = { role = "node" }
 to = "web-seg"
 ports = ["tcp/8080"]
 "#;
@@ -57,17 +67,30 @@ fn three_nodes_enforce_their_own_policy_on_one_bridge() {
             assert_eq!(status["daemon_attached"], true, "{status:#}");
             assert_eq!(status["enforcing"], true, "{status:#}");
             assert_eq!(status["daemon"]["status"]["pid"], pid, "{status:#}");
-            assert_eq!(status["daemon"]["status"]["node"], node.name(), "{status:#}");
+            assert_eq!(
+                status["daemon"]["status"]["node"],
+                node.name(),
+                "{status:#}"
+            );
             let nodes_file = std::fs::read_to_string(node.policy_dir().path().join(NODES_FILE))
                 .expect("the nodes file");
             assert_eq!(nodes_file.matches("[[node]]").count(), 3, "{nodes_file}");
         }
 
         let (one, two, three) = (fleet.node(1), fleet.node(2), fleet.node(3));
-        let _open = two.listen("web", Proto::Tcp, two.ip4(), 8080);
-        let _closed = two.listen("web", Proto::Tcp, two.ip4(), 8081);
-        one.probe("web").tcp_connect(two.ip4(), 8080).assert_ok();
-        one.probe("web").tcp_connect(two.ip4(), 8081).assert_denied();
+        let open = two.listen("web", Proto::Tcp, two.ip4(), 8080);
+        let closed = two.listen("web", Proto::Tcp, two.ip4(), 8081);
+        let client = one.probe("web").tcp_connect(two.ip4(), 8080);
+        client.assert_ok();
+        open.wait_for_peers(1, EVENT_TIMEOUT);
+        let denied = one.probe("web").tcp_connect(two.ip4(), 8081);
+        denied.assert_denied();
+        let ev = one
+            .daemon()
+            .wait_for_event(EVENT_TIMEOUT, |e| events::is_to(e, two.ip4(), Some(8081)));
+        events::assert_rule(&ev, "default-deny:web-seg");
+        events::assert_names(&ev, "web", two.name());
+        assert!(closed.peers().is_empty(), "{:?}", closed.peers());
 
         // The bridge carries the peer's SYN to node 3, whose kernel answers it with a reset.
         fleet

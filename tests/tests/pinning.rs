@@ -98,7 +98,7 @@ fn kill_9_keeps_the_policy_and_a_restart_adopts_it_with_no_gap() {
     lab.probe("web").tcp_connect(server, 81).assert_denied();
     let before = lab.instance().status();
     let links_before = links(&before);
-    assert_eq!(links_before.len(), 11, "{before:#}");
+    assert_eq!(links_before.len(), 13, "{before:#}");
 
     let web = lab.cgroups().path().join("web");
     let probes = TightLoop::start(

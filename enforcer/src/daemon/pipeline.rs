@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -19,7 +19,7 @@ use tracing::{error, warn};
 
 use super::revoke::{Revocation, Revoker};
 use crate::{
-    events::{Enricher, FlowRecord, PolicyContext, PolicyRejection, decode},
+    events::{Aggregator, Enricher, FlowRecord, PolicyContext, PolicyRejection, decode},
     sinks::JsonLines,
 };
 
@@ -28,6 +28,9 @@ const EVENTS_PER_TURN: usize = 512;
 
 /// Records waiting for the sink.
 pub const SINK_QUEUE: usize = 4096;
+
+/// How long arrivals from one source to one destination are collapsed into one record.
+const SWEEP_WINDOW: Duration = Duration::from_secs(1);
 
 /// What the sink task writes.
 #[derive(Debug)]
@@ -48,14 +51,19 @@ pub async fn read_events(
     cancel: CancellationToken,
 ) {
     enricher.set_generations(contexts.borrow_and_update().clone());
+    let mut sweeps = Aggregator::new(SWEEP_WINDOW);
+    let mut sweep_check = tokio::time::interval(SWEEP_WINDOW / 4);
+    sweep_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let records = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
             changed = contexts.changed() => {
                 if changed.is_err() { break; }
                 enricher.set_generations(contexts.borrow_and_update().clone());
+                continue;
             }
+            _ = sweep_check.tick() => sweeps.expire(Instant::now()),
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(guard) => guard,
@@ -70,21 +78,38 @@ pub async fn read_events(
                     guard.clear_ready();
                 }
                 unknown.send_replace(enricher.unknown_generations());
-                for record in records.records {
-                    if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
-                        return;
-                    }
-                }
+                let now = Instant::now();
+                records
+                    .records
+                    .into_iter()
+                    .filter_map(|record| sweeps.admit(record, now))
+                    .collect()
             }
+        };
+        if !send_all(&out, records).await {
+            return;
         }
     }
     let records = drain(ring.get_mut(), &mut enricher, &mut revoker, usize::MAX);
     unknown.send_replace(enricher.unknown_generations());
-    for record in records.records {
+    let now = Instant::now();
+    let mut last: Vec<FlowRecord> = records
+        .records
+        .into_iter()
+        .filter_map(|record| sweeps.admit(record, now))
+        .collect();
+    last.extend(sweeps.flush());
+    send_all(&out, last).await;
+}
+
+/// Hands `records` to the sink; `false` when the sink is gone.
+async fn send_all(out: &mpsc::Sender<Outgoing>, records: Vec<FlowRecord>) -> bool {
+    for record in records {
         if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
-            return;
+            return false;
         }
     }
+    true
 }
 
 struct Drained {

@@ -200,6 +200,7 @@ fn record(
         mode: if audited { Mode::Audit } else { Mode::Enforce },
         node: node.clone(),
         count: 1,
+        swept_ports: Vec::new(),
     }
 }
 

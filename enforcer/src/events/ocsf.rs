@@ -200,10 +200,13 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
             },
         },
     });
-    if record.revoked
-        && let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut)
-    {
-        unmapped.insert("revoked".to_owned(), json!(true));
+    if let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut) {
+        if record.revoked {
+            unmapped.insert("revoked".to_owned(), json!(true));
+        }
+        if !record.swept_ports.is_empty() {
+            unmapped.insert("swept_ports".to_owned(), json!(record.swept_ports));
+        }
     }
     if let Some(process) = &record.process {
         if let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut) {

@@ -112,6 +112,9 @@ pub struct FlowRecord {
     pub node: FlowNode,
     /// How many identical attempts this record stands for.
     pub count: u32,
+    /// The destination ports an aggregated record stands for, when there were several (then
+    /// `dst.port` is `None`); empty otherwise.
+    pub swept_ports: Vec<u16>,
 }
 
 /// A policy the daemon refused to put in force: the last good policy (if any) stays, and the

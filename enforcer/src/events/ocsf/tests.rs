@@ -37,6 +37,7 @@ fn denial() -> FlowRecord {
         ip_version: 4,
         outbound: true,
         revoked: false,
+        swept_ports: Vec::new(),
         src: endpoint("web", WEB, Some(40000)),
         dst: endpoint("db", DB, Some(5432)),
         process: Some(FlowProcess {
@@ -468,4 +469,71 @@ fn a_rejection_says_what_stays_in_force() {
         message(&adopted),
         "policy in /etc/enforcer/policy rejected (start): 1 error; generation 9 stays in force, version unknown"
     );
+}
+
+/// A closed-port arrival from the peer, as the interface layer reports it.
+fn arrival(port: u16) -> FlowRecord {
+    FlowRecord {
+        outbound: false,
+        layer: Layer::Interface,
+        src: endpoint("@world", OUTSIDE, Some(51000)),
+        dst: endpoint("db", DB, Some(port)),
+        process: None,
+        ..denial()
+    }
+}
+
+#[test]
+fn a_sweep_is_reported_once_at_once_then_once_per_window_with_its_ports() {
+    let mut sweeps = crate::events::Aggregator::new(Duration::from_secs(1));
+    let start = std::time::Instant::now();
+    assert!(
+        sweeps.admit(arrival(1), start).is_some(),
+        "the first attempt waits"
+    );
+    for port in 2..=100 {
+        assert!(sweeps.admit(arrival(port), start).is_none());
+    }
+    // Another source is another sweep; another layer is never held back.
+    let other = FlowRecord {
+        src: endpoint("@world", WEB, Some(51000)),
+        ..arrival(7)
+    };
+    assert!(sweeps.admit(other, start).is_some());
+    assert!(sweeps.admit(denial(), start).is_some());
+    assert!(sweeps.expire(start + Duration::from_millis(999)).is_empty());
+    let closed = sweeps.expire(start + Duration::from_secs(1));
+    assert_eq!(
+        closed.len(),
+        1,
+        "only the window with more attempts reports"
+    );
+    let summary = &closed[0];
+    assert_eq!(summary.count, 99);
+    assert_eq!(summary.dst.port, None);
+    assert_eq!(summary.swept_ports, (2..=100).collect::<Vec<u16>>());
+    let event = rendered(summary);
+    assert_eq!(event["count"], 99);
+    assert_eq!(event["unmapped"]["swept_ports"][0], 2);
+    assert_eq!(event["unmapped"]["layer"], "interface");
+    assert!(event["dst_endpoint"].get("port").is_none());
+    // A new window opens with a report at once.
+    assert!(
+        sweeps
+            .admit(arrival(5), start + Duration::from_secs(2))
+            .is_some()
+    );
+    assert!(
+        sweeps
+            .admit(arrival(5), start + Duration::from_secs(2))
+            .is_none()
+    );
+    let flushed = sweeps.flush();
+    assert_eq!(flushed.len(), 1);
+    assert_eq!(
+        flushed[0].dst.port,
+        Some(5),
+        "one port swept is still named"
+    );
+    assert!(flushed[0].swept_ports.is_empty());
 }
