@@ -90,6 +90,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         netns: args.netns,
         interfaces: args.interfaces,
         max_cgroups: args.max_cgroups,
+        max_flows: args.max_flows,
         limits: Limits {
             addr_exact: args.max_addresses,
             addr_cidr: args.max_cidrs,

@@ -245,3 +245,52 @@ fn replies_to_what_a_workload_opened_are_never_judged_as_arrivals() {
     );
     assert_eq!(counter(&lab, "denied"), 0);
 }
+
+#[test]
+fn with_the_flow_table_full_new_flows_are_still_judged() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::builder()
+        .workload("web")
+        .workload("db")
+        .policy("main.toml", POLICY)
+        .no_daemon()
+        .start();
+    // Sixteen flows fit; the fifty below evict each other all along.
+    let daemon = enforcer_tests::Daemon::start(&enforcer_tests::DaemonArgs {
+        extra: &["--max-flows", "16"],
+        ..lab.daemon_args()
+    });
+    let allowed_udp = serve(&lab, "web", Proto::Udp, 5353);
+    let denied_udp = serve(&lab, "web", Proto::Udp, 5354);
+    let allowed_tcp = serve(&lab, "web", Proto::Tcp, 8080);
+    let denied_tcp = serve(&lab, "web", Proto::Tcp, 8081);
+    let peer = peer(&lab);
+    for round in 1..=50 {
+        // A new socket each time: a new source port, a new flow.
+        peer.udp_sendto(lab.client4(), 5353).assert_ok();
+        peer.udp_sendto(lab.client4(), 5354).assert_ok();
+        if round % 10 == 0 {
+            peer.tcp_connect(lab.client4(), 8080).assert_ok();
+            peer.tcp_connect(lab.client4(), 8081)
+                .assert_errno("ETIMEDOUT");
+        }
+    }
+    allowed_udp.wait_for_peers(50, EVENT_TIMEOUT);
+    allowed_tcp.wait_for_peers(5, EVENT_TIMEOUT);
+    assert!(
+        denied_udp.peers().is_empty(),
+        "a full table let a flow through"
+    );
+    assert!(
+        denied_tcp.peers().is_empty(),
+        "a full table let a connection through"
+    );
+    let denials = daemon
+        .events()
+        .iter()
+        .filter(|e| events::is_to(e, lab.client4(), Some(5354)))
+        .count();
+    assert!(denials >= 1, "the denied flows were not reported");
+}

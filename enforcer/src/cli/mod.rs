@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// reported.
     #[arg(long, default_value_t = enforcer_common::capacity::CGROUPS, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
     pub max_cgroups: u32,
+    /// Flows the connection-tracking table remembers. Beyond it the oldest are forgotten and
+    /// judged again at their next packet, never let through unjudged.
+    #[arg(long, default_value_t = enforcer_common::capacity::FLOWS, value_parser = clap::value_parser!(u32).range(16..=1 << 24))]
+    pub max_flows: u32,
     /// Entries of the rule map (both slots; one policy may use half).
     #[arg(long, default_value_t = enforcer_common::capacity::RULES, value_parser = clap::value_parser!(u32).range(2..=1 << 24))]
     pub max_rules: u32,

@@ -76,6 +76,8 @@ pub struct RunConfig {
     pub interfaces: Vec<String>,
     /// Entries of the kernel's cgroup label map (both policy slots).
     pub max_cgroups: u32,
+    /// Entries of the kernel's connection-tracking table.
+    pub max_flows: u32,
     /// Sizes of the other policy maps (both slots).
     pub limits: Limits,
     /// The instance's bpffs directory.

@@ -205,6 +205,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let datapath = KernelDatapath::load(&LoadOptions {
         event_buffer_bytes: config.event_buffer_bytes,
         cgroup_entries: config.max_cgroups,
+        flow_entries: config.max_flows,
         limits: config.limits,
         lsm: lsm_active,
         pins: config.bpffs.clone(),

@@ -1,9 +1,9 @@
 //! The interface layer on the node's interfaces: one tcx link each way per interface, pinned so
 //! that it outlives the daemon.
 //!
-//! A restarted daemon attaches its own programs with new links before it drops the pinned ones,
-//! so an interface is never without a program: for a moment both run, and the first verdict that
-//! drops a packet stops it (the programs agree, and only the dropping one reports).
+//! A restarted daemon swaps its programs into the pinned links (`BPF_LINK_UPDATE`), so an
+//! interface is never without a program. A pinned link whose interface is gone (or was made
+//! again under the same name) refuses the swap; a new link then replaces it.
 
 use std::{
     fs, io,
@@ -68,6 +68,9 @@ pub(super) fn attach(
         fds.push((name, attach_type, fd));
     }
     for interface in interfaces.iter().filter(|i| !current.contains(&i.name)) {
+        if swapped_into_pins(pins, &fds, &interface.name) {
+            continue;
+        }
         let index = interface.index;
         let targets = fds.clone();
         // Interface indexes are per namespace: the links are made from inside it.
@@ -105,6 +108,19 @@ pub(super) fn attach(
         }
     }
     Ok(interfaces.len())
+}
+
+/// Swaps this daemon's programs into the interface's pinned links; `false` when either is not
+/// pinned or refuses (its interface is gone), and new links are needed.
+fn swapped_into_pins(pins: &PinDir, fds: &[(&'static str, u32, i32)], interface: &str) -> bool {
+    fds.iter().all(|&(name, _, fd)| {
+        let Ok(link) = pins::open_pin(&pins.link(&format!("{name}{AT}{interface}"))) else {
+            return false;
+        };
+        // SAFETY: `fd` is a program descriptor of the daemon's `Ebpf`, alive for this call.
+        let program = unsafe { BorrowedFd::borrow_raw(fd) };
+        pins::update_link(link.as_fd(), program).is_ok()
+    })
 }
 
 /// The interfaces whose links are pinned.

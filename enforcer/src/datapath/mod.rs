@@ -138,6 +138,8 @@ pub struct LoadOptions {
     pub event_buffer_bytes: u32,
     /// Entries of the cgroup label map, shared by the two policy slots.
     pub cgroup_entries: u32,
+    /// Entries of the connection-tracking table (`FLOWS`).
+    pub flow_entries: u32,
     /// Sizes of the other policy maps.
     pub limits: Limits,
     /// Load the BPF LSM programs (only where the kernel runs BPF LSM).
@@ -148,10 +150,11 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The sizes that make up the map layout (see [`layout_name`]).
-    fn sizes(&self) -> [(&'static str, u32); 6] {
+    fn sizes(&self) -> [(&'static str, u32); 7] {
         [
             (names::EVENTS, self.event_buffer_bytes),
             (names::CGROUP_IDENTITY, self.cgroup_entries),
+            (names::FLOWS, self.flow_entries),
             (names::ADDR_EXACT, self.limits.addr_exact),
             (names::ADDR_CIDR, self.limits.addr_cidr),
             (names::IDENTITY_INFO, self.limits.identities),
