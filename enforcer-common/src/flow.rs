@@ -66,14 +66,35 @@ pub const ORIGIN_JUDGED: u8 = 0;
 /// are not taken for arrivals.
 pub const ORIGIN_NODE: u8 = 1;
 
+/// Key of [`ARRIVED`](crate::maps::ARRIVED): a peer that opened a datagram flow to a local port,
+/// whatever local address it reached. The socket hooks see a server's reply before its source
+/// address is chosen, so they cannot look the flow up in [`FLOWS`](crate::maps::FLOWS); this
+/// tells them to leave the reply to the packet layer, which can.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArrivedKey {
+    /// Network byte order, IPv4-mapped.
+    pub peer_addr: [u8; 16],
+    /// Host byte order.
+    pub peer_port: u16,
+    pub local_port: u16,
+    /// Folded protocol.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
 const _: () = {
+    assert!(size_of::<ArrivedKey>() == 24);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<FlowState>() == 16);
 };
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{FlowKey, FlowState};
+    use super::{ArrivedKey, FlowKey, FlowState};
+
+    // SAFETY: as below.
+    unsafe impl aya::Pod for ArrivedKey {}
 
     // SAFETY: `#[repr(C)]`, `Copy`, only integers and byte arrays, padding spelled out as fields
     // (checked by the size asserts above), so any bit pattern is valid.

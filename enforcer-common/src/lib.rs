@@ -61,10 +61,14 @@ pub mod maps {
     /// peers, an accepted socket's first packet, the sender of a flow between two local
     /// workloads. An evicted entry is judged again, never allowed.
     pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<ArrivedKey, u32>`: peers that opened a datagram flow to a local port (value:
+    /// the generation that let it in), so that the socket hooks leave a server's reply to them to
+    /// the packet layer instead of judging it as a connection of its own.
+    pub const ARRIVED: &str = "ARRIVED";
 
     /// Every map, as pinned under an instance's bpffs directory so that a restarted daemon
     /// adopts them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE_SLOT,
         SLOT_CONFIG,
         CGROUP_IDENTITY,
@@ -82,6 +86,7 @@ pub mod maps {
         RUNTIME,
         MANAGED_ROOT,
         FLOWS,
+        ARRIVED,
     ];
 }
 
@@ -366,7 +371,7 @@ pub const FLOW_OUTBOUND: u8 = 1;
 pub const FLOW_INBOUND: u8 = 2;
 
 pub mod flow;
-pub use flow::{FlowKey, FlowState};
+pub use flow::{ArrivedKey, FlowKey, FlowState};
 
 /// Key of [`LOCAL_ADDRS`](maps::LOCAL_ADDRS).
 #[repr(C)]

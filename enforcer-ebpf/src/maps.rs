@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, FlowKey, FlowState, IdentityInfo,
-    IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime,
+    AddrKey, AddrLpmData, AddrValue, ArrivedKey, CgroupKey, CgroupLabel, FlowKey, FlowState,
+    IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime,
     SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
 };
 
@@ -58,6 +58,10 @@ pub(crate) static SOCKET_VERDICTS: LruHashMap<u64, SocketVerdict> =
 #[map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map]
+pub(crate) static ARRIVED: LruHashMap<ArrivedKey, u32> =
+    LruHashMap::with_max_entries(capacity::FLOWS / 4, 0);
 
 #[map]
 pub(crate) static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =

@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    Runtime, counter,
+    Runtime, VERDICT_ALLOW, counter,
     decide::{Decision, decide, fold_protocol},
-    ipv4_mapped, reason,
+    ipv4_mapped, protocol, reason,
 };
 
 use crate::{
@@ -55,7 +55,17 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         return PROCEED;
     }
     let mut flow = read_flow::<V6>(ctx, hook);
-    let decision = decide_flow(ctx, &mut flow, &runtime);
+    let mut decision = decide_flow(ctx, &mut flow, &runtime);
+    if decision.verdict != VERDICT_ALLOW
+        && fold_protocol(flow.protocol) == protocol::UDP
+        && flow.src_port != 0
+        && crate::skb::track::has_arrived(&flow.dst_addr, flow.dst_port, flow.src_port)
+    {
+        // Perhaps a server's reply to a peer that wrote to it: the packet layer knows the source
+        // address and finds the flow, or judges the datagram as opened here.
+        count(counter::TRACKED);
+        decision.verdict = VERDICT_DEFER;
+    }
     verdict(&flow, &decision, cgroup_id)
 }
 

@@ -125,7 +125,9 @@ fn a_peer_without_an_enforcer_is_judged_where_it_arrives() {
         // The receiving workload's process, recorded when its socket was made.
         assert_eq!(events::str_at(&ev, "actor.process.name"), "enforcer-probe");
 
-        peer.udp_sendto(node, 5353).assert_ok();
+        // The workload's echo (a `sendto()` back to the peer) is a reply, not a flow of its own.
+        peer.run(&["udp-request", &node.to_string(), "5353"])
+            .assert_ok();
         allowed_udp.wait_for_peers(round + 1, EVENT_TIMEOUT);
         peer.udp_sendto(node, 5354).assert_ok();
         let ev = inbound_denial(&lab, node, 5354);

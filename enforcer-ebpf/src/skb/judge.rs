@@ -8,9 +8,9 @@ use aya_ebpf::{
 use enforcer_common::{
     EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_INBOUND, FLOW_OUTBOUND,
     FlowState, IDENTITY_SEGMENTED, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
-    decide::{Decision, PolicyView as _, decide},
+    decide::{Decision, PolicyView as _, decide, fold_protocol},
     flow::ORIGIN_JUDGED,
-    hook, reason,
+    hook, protocol, reason,
 };
 
 use super::{DROP, PASS, track};
@@ -338,6 +338,10 @@ fn memorise(flow: &Flow, decision: &Decision, direction: u8, listener: bool) {
                 },
             },
         );
+    }
+    if inbound && decision.verdict != VERDICT_DENY && fold_protocol(flow.protocol) == protocol::UDP
+    {
+        track::arrived(flow);
     }
     if decision.verdict != VERDICT_DENY {
         track::track(

@@ -2,14 +2,15 @@
 //! flow judged (`FLOWS`), by the direction that opened it.
 
 use enforcer_common::{
-    FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY, counter,
+    ArrivedKey, FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY,
+    counter, protocol,
     flow::{ORIGIN_JUDGED, ORIGIN_NODE},
 };
 
 use crate::{
     local::Ends,
-    maps::{FLOWS, SOCKET_VERDICTS, count},
-    report::port_of,
+    maps::{ARRIVED, FLOWS, SOCKET_VERDICTS, count},
+    report::{Flow, port_of},
 };
 
 /// What the socket's own memory says of a packet.
@@ -147,4 +148,39 @@ pub(crate) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
             _pad: 0,
         },
     );
+}
+
+/// Records that the peer of an arriving datagram flow (`flow`, opened by it) reached this local
+/// port, so that the socket hooks leave the server's replies to the packet layer.
+#[inline(never)]
+pub(crate) fn arrived(flow: &Flow) {
+    let key = ArrivedKey {
+        peer_addr: flow.src_addr,
+        peer_port: flow.src_port,
+        local_port: flow.dst_port,
+        protocol: protocol::UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: hash map values are read-only copies for us.
+    if unsafe { ARRIVED.get(key) } == Some(&flow.generation) {
+        return;
+    }
+    if ARRIVED.insert(key, flow.generation, 0).is_err() {
+        count(counter::ERR_SOCKET_UPDATE);
+    }
+}
+
+/// Whether the peer `addr:port` opened a datagram flow to `local_port`: a send to it from that
+/// port may be a reply, which only the packet layer (knowing the source address) can tell.
+#[inline(always)]
+pub(crate) fn has_arrived(addr: &[u8; 16], port: u16, local_port: u16) -> bool {
+    let key = ArrivedKey {
+        peer_addr: *addr,
+        peer_port: port,
+        local_port,
+        protocol: protocol::UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: as above.
+    unsafe { ARRIVED.get(key) }.is_some()
 }

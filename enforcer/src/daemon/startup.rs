@@ -284,7 +284,9 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             {
                 warn!(error = %unpin, "removing the pins of a failed start");
             }
+            // Every sender must go, or the sink thread (which drains them) is never done.
             drop(inputs);
+            drop(sink_tx);
             let _ = sink_thread.join();
             return Err(error);
         }

@@ -4,6 +4,7 @@
 //! ```text
 //! enforcer-probe [--cgroup DIR] [--netns NAME] ACTION
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
+//!   udp-request ADDR PORT        sendto, then wait for the server's answer (ok only if it comes)
 //!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
 //!   udp-burst ADDR PORT COUNT
 //!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, 1 ms apart, for MILLIS
@@ -79,6 +80,7 @@ enum Action {
     TcpConnect(SocketAddr),
     UdpSendto(SocketAddr),
     UdpConnect(SocketAddr),
+    UdpRequest(SocketAddr),
     Ping(IpAddr),
     TcpListen(SocketAddr),
     TcpEchoListen(SocketAddr),
@@ -120,11 +122,12 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             None => return Err("missing ACTION".to_owned()),
         }
     };
-    const VERBS: [&str; 9] = [
+    const VERBS: [&str; 10] = [
         "udp-burst",
         "tcp-connect",
         "udp-sendto",
         "udp-connect",
+        "udp-request",
         "ping",
         "tcp-listen",
         "tcp-echo-listen",
@@ -187,6 +190,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "tcp-connect" => Action::TcpConnect(sock()?),
         "udp-sendto" => Action::UdpSendto(sock()?),
         "udp-connect" => Action::UdpConnect(sock()?),
+        "udp-request" => Action::UdpRequest(sock()?),
         "tcp-listen" => Action::TcpListen(sock()?),
         "tcp-echo-listen" => Action::TcpEchoListen(sock()?),
         "udp-listen" => Action::UdpListen(sock()?),
@@ -361,6 +365,15 @@ fn udp_connect(addr: SocketAddr) -> io::Result<()> {
     let sock = UdpSocket::bind(unspecified(&addr))?;
     sock.connect(addr)?;
     sock.send(b"enforcer-probe").map(drop)
+}
+
+/// Sends one datagram and waits for the answer, from whatever address the server answers.
+fn udp_request(addr: SocketAddr) -> io::Result<()> {
+    let sock = UdpSocket::bind(unspecified(&addr))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.send_to(b"enforcer-probe", addr)?;
+    let mut buf = [0u8; 64];
+    sock.recv_from(&mut buf).map(drop)
 }
 
 /// An echo through an unprivileged ping socket, so that the kernel's cgroup connect hook sees it
@@ -551,6 +564,7 @@ fn main() -> ExitCode {
         Action::TcpConnect(addr) => tcp_connect(addr),
         Action::UdpSendto(addr) => udp_sendto(addr),
         Action::UdpConnect(addr) => udp_connect(addr),
+        Action::UdpRequest(addr) => udp_request(addr),
         Action::Ping(addr) => ping(addr),
         Action::TcpListen(_) | Action::TcpEchoListen(_) | Action::UdpListen(_) => {
             listen(&args.action, args.v6only)
