@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     AddrKey, AddrLpmData, AddrValue, ArrivedKey, CgroupKey, CgroupLabel, FlowKey, FlowState,
-    IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue, Runtime,
-    SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
+    IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue,
+    Runtime, SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
 };
 
 #[map]

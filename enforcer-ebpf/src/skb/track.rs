@@ -3,8 +3,9 @@
 
 use enforcer_common::{
     ArrivedKey, FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY,
-    counter, protocol,
+    counter,
     flow::{ORIGIN_JUDGED, ORIGIN_NODE},
+    protocol,
 };
 
 use crate::{
