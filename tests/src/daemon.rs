@@ -46,7 +46,8 @@ pub struct DaemonArgs<'a> {
     pub node: &'a str,
     pub cgroup_root: &'a Path,
     /// `--netns PATH`: the network namespace whose addresses are this node's own (the lab passes
-    /// its client namespace, `/run/netns/<name>`). `None`: the flag is not passed.
+    /// its client namespace, `/run/netns/<name>`). Required to start a daemon: without it the
+    /// daemon would cover the interfaces of the test's own namespace, the machine's.
     pub netns: Option<&'a Path>,
     /// A cgroup directory (absolute path) the daemon process is started in, e.g. one below the
     /// managed root. `None`: the test's own cgroup, outside the managed tree.
@@ -135,9 +136,10 @@ impl Daemon {
             .arg(dir.path().join("events.jsonl"))
             .arg("--ready-file")
             .arg(dir.path().join("ready"));
-        if let Some(netns) = args.netns {
-            cmd.arg("--netns").arg(netns);
-        }
+        let netns = args
+            .netns
+            .expect("a test daemon needs a namespace of its own (--netns)");
+        cmd.arg("--netns").arg(netns);
         let own_instance = args.instance.is_none().then(Instance::new);
         let instance = args
             .instance

@@ -54,6 +54,8 @@ fn an_events_sink_that_fails_every_write_does_not_stop_enforcement() {
             .arg(&ready)
             .arg("--cgroup-root")
             .arg(args.cgroup_root)
+            .arg("--netns")
+            .arg(lab.client_netns_path())
             .args(lab.instance().flags())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("log file"))

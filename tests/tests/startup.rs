@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use enforcer_tests::{CgroupDir, Daemon, DaemonArgs, PolicyDir, require_privileges};
+use enforcer_tests::{CgroupDir, Daemon, DaemonArgs, NetNs, PolicyDir, require_privileges};
 
 /// A refusal is a parse-time decision; anything slower means the daemon went on to do work first.
 const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
@@ -16,11 +16,14 @@ fn refused(files: &[(&str, &str)]) -> String {
         policy.write(name, content);
     }
     let cgroups = CgroupDir::new();
+    // A namespace of the test's own: the daemon covers its interfaces, never the machine's.
+    let ns = NetNs::new();
+    let ns_path = std::path::Path::new("/run/netns").join(ns.name());
     let args = DaemonArgs {
         policy: policy.path(),
         node: "client-host",
         cgroup_root: cgroups.path(),
-        netns: None,
+        netns: Some(&ns_path),
         cgroup: None,
         extra: &[],
         instance: None,
@@ -139,11 +142,13 @@ fn good_policy_starts_and_stops_on_sigterm() {
         "[[peer]]\nname = \"vpn\"\ncidrs = [\"10.8.0.0/16\"]\nlabels = { zone = \"vpn\" }\n",
     );
     let cgroups = CgroupDir::new();
+    let ns = NetNs::new();
+    let ns_path = std::path::Path::new("/run/netns").join(ns.name());
     let mut daemon = Daemon::start(&DaemonArgs {
         policy: policy.path(),
         node: "client-host",
         cgroup_root: cgroups.path(),
-        netns: None,
+        netns: Some(&ns_path),
         cgroup: None,
         extra: &[],
         instance: None,
