@@ -16,7 +16,7 @@ use aya_ebpf::{EbpfContext as _, programs::TcContext};
 use enforcer_common::{
     EVENT_NO_PROCESS, FLOW_INBOUND, FLOW_OUTBOUND, FlowState, LocalAddrKey, VERDICT_DENY, counter,
     decide::{Decision, decide},
-    flow::{ORIGIN_JUDGED, ORIGIN_NODE},
+    flow::ORIGIN_NODE,
     hook, is_loopback_or_unspecified, protocol, reason,
 };
 
@@ -24,7 +24,7 @@ use crate::{
     local::{Ends, Place, place, receiver_in_subtree, socket_exists},
     maps::{FLOWS, LOCAL_ADDRS, count, runtime},
     packet::{ETH_P_IP, ETH_P_IPV6, opens_tcp, parse},
-    report::{Actor, Flow, conclude, port_of},
+    report::{Actor, Flow, conclude},
     skb::track::{self, Tracked},
     view::MapView,
 };
@@ -237,24 +237,12 @@ fn conclude_arrival(flow: &Flow, decision: &Decision, again: bool) -> i32 {
         return SHOT;
     }
     if decision.reason != reason::UNRESOLVED {
-        track::track(
-            &enforcer_common::FlowKey {
-                src_addr: flow.src_addr,
-                dst_addr: flow.dst_addr,
-                src_port: port_of(flow.protocol, flow.src_port),
-                dst_port: port_of(flow.protocol, flow.dst_port),
-                protocol: enforcer_common::decide::fold_protocol(flow.protocol),
-                _pad: [0; 3],
-            },
-            &FlowState {
-                generation: flow.generation,
-                src_identity: decision.src_identity,
-                dst_identity: decision.dst_identity,
-                verdict: decision.verdict,
-                direction: FLOW_INBOUND,
-                origin: ORIGIN_JUDGED,
-                _pad: 0,
-            },
+        track::track_judged(
+            flow,
+            decision.src_identity,
+            decision.dst_identity,
+            decision.verdict,
+            FLOW_INBOUND,
         );
     }
     NEXT
@@ -270,10 +258,7 @@ pub(crate) fn departures(ctx: &TcContext) -> i32 {
         return NEXT;
     };
     let mut ends = Ends::default();
-    if !parse::<false>(&ctx.skb, ethertype, l3, &mut ends)
-        || ends.later_fragment
-        || !is_local(&ends.local_addr)
-    {
+    if !parse::<false>(&ctx.skb, ethertype, l3, &mut ends) || ends.later_fragment {
         return NEXT;
     }
     let opens = match ends.protocol {
@@ -283,7 +268,8 @@ pub(crate) fn departures(ctx: &TcContext) -> i32 {
         }
         _ => true,
     };
-    if opens {
+    // The segments of established TCP, most of what leaves, stop before any lookup.
+    if opens && is_local(&ends.local_addr) {
         record_departure(&ends);
     }
     NEXT

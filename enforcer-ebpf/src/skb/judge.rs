@@ -7,9 +7,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_INBOUND, FLOW_OUTBOUND,
-    FlowState, IDENTITY_SEGMENTED, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
+    IDENTITY_SEGMENTED, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
     decide::{Decision, PolicyView as _, decide, fold_protocol},
-    flow::ORIGIN_JUDGED,
     hook, protocol, reason,
 };
 
@@ -344,24 +343,12 @@ fn memorise(flow: &Flow, decision: &Decision, direction: u8, listener: bool) {
         track::arrived(flow);
     }
     if decision.verdict != VERDICT_DENY {
-        track::track(
-            &enforcer_common::FlowKey {
-                src_addr: flow.src_addr,
-                dst_addr: flow.dst_addr,
-                src_port: port_of(flow.protocol, flow.src_port),
-                dst_port: port_of(flow.protocol, flow.dst_port),
-                protocol: enforcer_common::decide::fold_protocol(flow.protocol),
-                _pad: [0; 3],
-            },
-            &FlowState {
-                generation: flow.generation,
-                src_identity: decision.src_identity,
-                dst_identity: decision.dst_identity,
-                verdict: decision.verdict,
-                direction,
-                origin: ORIGIN_JUDGED,
-                _pad: 0,
-            },
+        track::track_judged(
+            flow,
+            decision.src_identity,
+            decision.dst_identity,
+            decision.verdict,
+            direction,
         );
     }
 }

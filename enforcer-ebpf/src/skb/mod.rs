@@ -52,11 +52,6 @@ pub(crate) fn judge_packet<const INGRESS: bool>(ctx: &SkBuffContext) -> i32 {
         count(counter::ERR_PACKET);
         return DROP;
     }
-    let daemon = runtime().daemon_cgroup_id;
-    if daemon != 0 && SkbCgroup(skb).id() == daemon {
-        count(counter::SELF_EXEMPT);
-        return PASS;
-    }
     let mut ends = Ends::default();
     if !parse::<INGRESS>(&ctx.skb, ctx.skb.protocol(), 0, &mut ends) {
         count(counter::ERR_PACKET);
@@ -81,9 +76,22 @@ pub(crate) fn judge_packet<const INGRESS: bool>(ctx: &SkBuffContext) -> i32 {
     match classify::<INGRESS>(ctx, &ends, &socket) {
         Next::Pass => PASS,
         Next::Drop => DROP,
+        Next::Judge(_) if is_daemon(skb) => {
+            // Checked only where a flow would be judged: remembered flows never cost it. The
+            // daemon's own flows are never remembered, so each of its packets gets here.
+            count(counter::SELF_EXEMPT);
+            PASS
+        }
         // One call site: the verifier checks a static BPF function once per call.
         Next::Judge(how) => judge::judge(ctx, &ends, cookie, how, listener),
     }
+}
+
+/// Whether the packet's socket belongs to the daemon's own cgroup.
+#[inline(always)]
+fn is_daemon(skb: *mut __sk_buff) -> bool {
+    let daemon = runtime().daemon_cgroup_id;
+    daemon != 0 && SkbCgroup(skb).id() == daemon
 }
 
 /// What the hook knows of the packet's socket.

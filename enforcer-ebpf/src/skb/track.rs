@@ -4,6 +4,7 @@
 use enforcer_common::{
     ArrivedKey, FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY,
     counter,
+    decide::fold_protocol,
     flow::{ORIGIN_JUDGED, ORIGIN_NODE},
     protocol,
 };
@@ -131,6 +132,36 @@ pub(crate) fn track(key: &FlowKey, state: &FlowState) {
     if FLOWS.insert(key, state, 0).is_err() {
         count(counter::ERR_SOCKET_UPDATE);
     }
+}
+
+/// Records a flow a program just let through (`flow` as it was opened, in `direction`).
+#[inline(always)]
+pub(crate) fn track_judged(
+    flow: &Flow,
+    src_identity: u32,
+    dst_identity: u32,
+    verdict: u8,
+    direction: u8,
+) {
+    track(
+        &FlowKey {
+            src_addr: flow.src_addr,
+            dst_addr: flow.dst_addr,
+            src_port: port_of(flow.protocol, flow.src_port),
+            dst_port: port_of(flow.protocol, flow.dst_port),
+            protocol: fold_protocol(flow.protocol),
+            _pad: [0; 3],
+        },
+        &FlowState {
+            generation: flow.generation,
+            src_identity,
+            dst_identity,
+            verdict,
+            direction,
+            origin: ORIGIN_JUDGED,
+            _pad: 0,
+        },
+    );
 }
 
 /// Records a flow the socket hooks judged (they cannot: its source address and port are chosen

@@ -492,10 +492,7 @@ impl Reconciler {
     /// # Errors
     /// When the interfaces cannot be listed or the kernel refuses a link.
     pub fn cover_interfaces(&mut self) -> Result<(), DatapathError> {
-        let all = interfaces(&self.node_netns).map_err(|source| DatapathError::Interface {
-            interface: "(listing)".to_owned(),
-            source,
-        })?;
+        let all = interfaces(&self.node_netns).map_err(DatapathError::ListInterfaces)?;
         let chosen = select_interfaces(&all, &self.config.interfaces)?;
         let names: Vec<String> = chosen.iter().map(|i| i.name.clone()).collect();
         if names == self.interfaces {

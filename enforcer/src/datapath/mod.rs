@@ -129,6 +129,8 @@ pub enum DatapathError {
     },
     #[error("there is no interface {0} in the node's network namespace (--interface)")]
     NoInterface(String),
+    #[error("listing the interfaces of the node's network namespace")]
+    ListInterfaces(#[source] crate::host::HostError),
 }
 
 /// How to load the datapath.
