@@ -26,7 +26,9 @@ impl Attempt {
     /// it with `EPERM`.
     #[must_use]
     pub fn denied(&self) -> bool {
-        self.result == "EPERM"
+        // ECONNABORTED: allowed by the policy before a flip, revoked by the one after it while
+        // still connecting, and its socket aborted by the daemon.
+        self.result == "EPERM" || self.result == "ECONNABORTED"
     }
 
     /// The connection left the host and was answered: accepted, or reset by a closed port.
