@@ -54,7 +54,7 @@ pub struct FlowState {
     /// [`FLOW_OUTBOUND`](crate::FLOW_OUTBOUND) when a socket of this node opened it (recorded at
     /// egress), [`FLOW_INBOUND`](crate::FLOW_INBOUND) when it arrived (recorded at ingress).
     pub direction: u8,
-    /// [`ORIGIN_JUDGED`] or [`ORIGIN_NODE`].
+    /// [`ORIGIN_JUDGED`], [`ORIGIN_NODE`] or [`ORIGIN_SENT`].
     pub origin: u8,
     pub _pad: u8,
 }
@@ -65,6 +65,11 @@ pub const ORIGIN_JUDGED: u8 = 0;
 /// leaving an interface. Nothing judges such flows; they are tracked only so that their replies
 /// are not taken for arrivals.
 pub const ORIGIN_NODE: u8 = 1;
+/// [`FlowState::origin`]: a socket of the subtree in another network namespace of this node
+/// sent the flow to one of the node's addresses, where its receiver is not visible. Only
+/// `src_identity` and `generation` are set: the receiver judges the flow from that identity, and
+/// nothing passes on such a record.
+pub const ORIGIN_SENT: u8 = 2;
 
 /// Key of [`ARRIVED`](crate::maps::ARRIVED): a peer that opened a datagram flow to a local port,
 /// whatever local address it reached. The socket hooks see a server's reply before its source

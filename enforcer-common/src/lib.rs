@@ -94,7 +94,7 @@ pub mod maps {
 /// a later daemon only when it was built for the same version (and the same sizes); bump it on any
 /// change to a map or to a type stored in one, so that a new daemon puts fresh maps beside the
 /// old ones instead of misreading them.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
 /// half-way.
@@ -211,7 +211,12 @@ pub mod counter {
     /// An inbound flow from a local sender that the sender's own egress already judged with both
     /// real identities under the policy in force: its verdict is followed, not taken again.
     pub const JUDGED_AT_ORIGIN: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A flow from a socket of the subtree in another network namespace of this node (a
+    /// container) to one of the node's addresses: passed at its sender with the sender's identity
+    /// recorded in the flow table, and judged where it arrives, with both real identities, by
+    /// the socket layer of the receiving workload or the interface layer of the node.
+    pub const HANDED_OFF: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -239,6 +244,7 @@ pub mod counter {
         "tracked",
         "revoked",
         "judged_at_origin",
+        "handed_off",
     ];
 }
 
@@ -359,10 +365,32 @@ pub struct SocketVerdict {
     pub verdict: u8,
     /// [`FLOW_OUTBOUND`] (the socket opened the flow) or [`FLOW_INBOUND`] (the peer did).
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// 1 once the packet layer put the flow in [`FLOWS`](maps::FLOWS), so that its next packets
+    /// do not look there again. Not part of what the memory says of the flow.
+    pub tracked: u8,
+    pub _pad: [u8; 2],
     /// The identity of the remote end when the flow was judged, so that a flow judged again
     /// after a policy change keeps its origin's identity.
     pub peer_identity: u32,
+    /// The identity of the socket's own end when the flow was judged: what the flow table
+    /// records for a receiver in another network namespace of this node.
+    pub local_identity: u32,
+}
+
+impl SocketVerdict {
+    /// Whether both say the same of the same flow, whether or not the flow table has it yet.
+    #[inline(always)]
+    #[must_use]
+    pub fn same_judgement(&self, other: &Self) -> bool {
+        self.peer_addr == other.peer_addr
+            && self.generation == other.generation
+            && self.port == other.port
+            && self.protocol == other.protocol
+            && self.verdict == other.verdict
+            && self.direction == other.direction
+            && self.peer_identity == other.peer_identity
+            && self.local_identity == other.local_identity
+    }
 }
 
 /// The flow was opened by this end (egress).
@@ -394,8 +422,15 @@ pub struct Runtime {
     /// ancestor at that level is the root was made inside the managed subtree.
     pub root_cgroup_id: u64,
     pub root_level: u32,
-    pub _pad: u32,
+    /// [`RUNTIME_HAND_OFF`].
+    pub flags: u32,
 }
+
+/// [`Runtime::flags`]: the interface layer covers every interface of the node (no `--interface`
+/// restricts it), so a flow from another network namespace of this node to one of the node's
+/// addresses is judged where it arrives, whoever receives it, and its sender may hand it off.
+/// Without it such flows fail closed at their sender.
+pub const RUNTIME_HAND_OFF: u32 = 1;
 
 /// Key of [`IDENTITY_INFO`](maps::IDENTITY_INFO).
 #[repr(C)]
@@ -591,7 +626,7 @@ const _: () = {
     assert!(size_of::<ListenerKey>() == 32);
     assert!(offset_of!(ListenerKey, port) == 24);
     assert!(size_of::<SocketOwner>() == 40);
-    assert!(size_of::<SocketVerdict>() == 32);
+    assert!(size_of::<SocketVerdict>() == 36);
     assert!(size_of::<LocalAddrKey>() == 24);
     assert!(size_of::<Runtime>() == 32);
     assert!(size_of::<ListenerValue>() == 16);

@@ -85,6 +85,19 @@ pub(crate) fn runtime() -> Runtime {
     RUNTIME.get(0).copied().unwrap_or_default()
 }
 
+/// The same, read in place rather than copied to the stack, for deep frames.
+#[inline(always)]
+pub(crate) fn runtime_ref() -> &'static Runtime {
+    static UNSET: Runtime = Runtime {
+        node_netns_cookie: 0,
+        daemon_cgroup_id: 0,
+        root_cgroup_id: 0,
+        root_level: 0,
+        flags: 0,
+    };
+    RUNTIME.get(0).unwrap_or(&UNSET)
+}
+
 /// Adds one to a per-CPU counter. The index is always one of `counter`'s constants, so the lookup
 /// cannot miss; if it ever did, there is nothing better to do than not count.
 #[inline(always)]

@@ -115,13 +115,18 @@ fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
     entry.submit(0);
 }
 
+/// Not a verdict: the layer leaves the flow to another (the fast path to the packet layer, the
+/// packet layer to the receiver), which judges it.
+pub(crate) const VERDICT_DEFER: u8 = 0;
+
 /// Remembers a flow just judged on a socket, so that its packets cost one lookup and a packet
 /// of another flow is judged again.
 #[inline(always)]
 pub(crate) fn remember(cookie: u64, memory: &SocketVerdict) {
     // SAFETY: hash map values are read-only copies for us.
-    if unsafe { SOCKET_VERDICTS.get(cookie) } == Some(memory) {
-        // A repeat (datagrams to the same destination): a lookup is cheaper than an update.
+    if unsafe { SOCKET_VERDICTS.get(cookie) }.is_some_and(|old| old.same_judgement(memory)) {
+        // A repeat (datagrams to the same destination): a lookup is cheaper than an update, and
+        // keeps the note that the flow table has the flow.
         return;
     }
     if SOCKET_VERDICTS.insert(cookie, memory, 0).is_err() {
@@ -139,8 +144,10 @@ pub(crate) fn outbound_memory(flow: &Flow, decision: &Decision) -> SocketVerdict
         protocol: fold_protocol(flow.protocol),
         verdict: decision.verdict,
         direction: FLOW_OUTBOUND,
-        _pad: [0; 3],
+        tracked: 0,
+        _pad: [0; 2],
         peer_identity: decision.dst_identity,
+        local_identity: decision.src_identity,
     }
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    Runtime, VERDICT_ALLOW, counter,
+    RUNTIME_HAND_OFF, Runtime, VERDICT_ALLOW, counter,
     decide::{Decision, decide, fold_protocol},
     ipv4_mapped, protocol, reason,
 };
@@ -23,12 +23,9 @@ use crate::{
     ctx::{bound_address, field, ipv6_bytes, sock},
     local::{LocalQuery, Owner, Place, owner_from_bind, place},
     maps::{count, runtime},
-    report::{Flow, conclude, outbound_memory, remember},
+    report::{Flow, VERDICT_DEFER, conclude, outbound_memory, remember},
     view::MapView,
 };
-
-/// Not a verdict: the fast path leaves the flow to the packet layer (counted as deferred).
-const VERDICT_DEFER: u8 = 0;
 
 /// Return values of `cgroup_sock_addr` programs: 0 makes the syscall fail with `EPERM`.
 const PROCEED: i32 = 1;
@@ -150,6 +147,13 @@ fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Dec
                 );
             }
         },
+        // The packet layer hands it off to its receiver, which judges it where it arrives.
+        Place::ElsewhereOnNode if runtime.flags & RUNTIME_HAND_OFF != 0 => {
+            return Decision {
+                verdict: VERDICT_DEFER,
+                ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
+            };
+        }
         Place::ElsewhereOnNode => {
             return Decision::fail_closed(
                 src,

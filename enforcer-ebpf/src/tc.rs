@@ -198,7 +198,13 @@ fn judge(ends: &Ends, again: bool) -> i32 {
                 runtime.node_netns_cookie,
                 &ends.remote_addr,
             ) {
-                Place::Remote(identity) => identity,
+                // A container of this node whose sender handed the flow off, or a remote end.
+                Place::Remote(identity) => {
+                    match track::sender_identity(ends, view.config.generation, false) {
+                        0 => identity,
+                        sent => sent,
+                    }
+                }
                 Place::Local | Place::ElsewhereOnNode => view.config.local_identity,
             };
             decide(

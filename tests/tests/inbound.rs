@@ -7,12 +7,13 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use enforcer_tests::{
-    EVENT_TIMEOUT, Lab, Listener, Probe, Proto,
+    EVENT_TIMEOUT, Lab, Listener, NetNs, Probe, Proto,
     events::{self, Verdict},
+    netns::ip,
     require_privileges,
 };
 use serde_json::Value;
@@ -173,6 +174,106 @@ fn flows_between_local_processes_are_judged_with_both_identities() {
     events::assert_rule(&ev, "default-deny:db-seg");
     assert_eq!(events::str_at(&ev, "unmapped.layer"), "packet");
     assert_eq!(db.peers().len(), 4, "the node's process reached db");
+}
+
+/// A container of this node: its own network namespace, joined to the node's by a veth pair
+/// whose node end is `ctrh0`, routed through it. Gone with the namespace.
+fn container(lab: &Lab) -> NetNs {
+    let ctr = NetNs::new();
+    let (inside, node_end) = (lab.expand("${NET4}.203.2/24"), lab.expand("${NET4}.203.1"));
+    ip(&[
+        "link",
+        "add",
+        "ctr0",
+        "netns",
+        ctr.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ctrh0",
+        "netns",
+        lab.client_ns().name(),
+    ]);
+    ip(&["-n", ctr.name(), "addr", "add", &inside, "dev", "ctr0"]);
+    ip(&[
+        "-n",
+        lab.client_ns().name(),
+        "addr",
+        "add",
+        &format!("{node_end}/24"),
+        "dev",
+        "ctrh0",
+    ]);
+    ip(&["-n", ctr.name(), "link", "set", "ctr0", "up"]);
+    ip(&["-n", lab.client_ns().name(), "link", "set", "ctrh0", "up"]);
+    ip(&[
+        "-n",
+        ctr.name(),
+        "route",
+        "add",
+        "default",
+        "via",
+        &node_end,
+    ]);
+    // The daemon covers the new interface once it sees it: wait for that.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !lab.daemon().stderr().contains("ctrh0") {
+        assert!(
+            Instant::now() < deadline,
+            "the container's veth was never covered"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    ctr
+}
+
+#[test]
+fn a_container_reaching_the_node_address_is_judged_with_its_workload_identity() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = lab();
+    let db = serve(&lab, "db", Proto::Tcp, 5432);
+    let web = serve(&lab, "web", Proto::Tcp, 8080);
+    let node_process = Listener::start(lab.client_ns().name(), Proto::Tcp, ANY6, 9000);
+    let ctr = container(&lab);
+    let in_container = |rel: &str| Probe::new(Some(&lab.cgroup_root().join(rel)), Some(ctr.name()));
+    let node = lab.client4();
+    let before = counter(&lab, "handed_off");
+
+    // web -> db is allowed: the container's sender hands the flow to db's socket, which judges
+    // it from web (not from the container's address, which no table claims).
+    in_container("web").tcp_connect(node, 5432).assert_ok();
+    db.wait_for_peers(1, EVENT_TIMEOUT);
+    assert!(
+        counter(&lab, "handed_off") > before,
+        "the flow was not handed off"
+    );
+
+    // db -> web is not: dropped where it arrives, reported with both workloads.
+    in_container("db")
+        .tcp_connect(node, 8080)
+        .assert_errno("ETIMEDOUT");
+    let ev = inbound_denial(&lab, node, 8080);
+    events::assert_names(&ev, "db", "web");
+    events::assert_rule(&ev, "default-deny:db-seg");
+    assert_eq!(events::str_at(&ev, "unmapped.layer"), "packet");
+    assert!(web.peers().is_empty(), "db reached web from its container");
+
+    // A process of the node outside the tree has no socket layer: the interface layer judges
+    // the arrival, from web, and web's isolation denies it.
+    in_container("web")
+        .tcp_connect(node, 9000)
+        .assert_errno("ETIMEDOUT");
+    let ev = inbound_denial(&lab, node, 9000);
+    events::assert_names(&ev, "web", enforcer_tests::CLIENT_NODE);
+    events::assert_rule(&ev, "default-deny:web-seg");
+    assert_eq!(events::str_at(&ev, "unmapped.layer"), "interface");
+    assert!(
+        node_process.peers().is_empty(),
+        "web reached a node process"
+    );
 }
 
 #[test]

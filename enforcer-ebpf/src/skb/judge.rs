@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     EVENT_NO_PROCESS, EVENT_PROCESS_FROM_SOCKET, EVENT_REVOKED, FLOW_INBOUND, FLOW_OUTBOUND,
-    IDENTITY_SEGMENTED, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
+    IDENTITY_SEGMENTED, RUNTIME_HAND_OFF, SocketVerdict, VERDICT_ALLOW, VERDICT_DENY, counter,
     decide::{Decision, PolicyView as _, decide, fold_protocol},
     hook, protocol, reason,
 };
@@ -16,8 +16,8 @@ use super::{DROP, PASS, track};
 use crate::{
     cgroup::{CgroupSource as _, SkbCgroup, source_identity},
     local::{Ends, LocalQuery, Owner, Place, Sender, owner_from_kernel, place, sender},
-    maps::{SOCKET_OWNERS, count, runtime},
-    report::{Actor, Flow, conclude, port_of, remember},
+    maps::{SOCKET_OWNERS, count, runtime, runtime_ref},
+    report::{Actor, Flow, VERDICT_DEFER, conclude, port_of, remember},
     view::MapView,
 };
 
@@ -122,8 +122,25 @@ pub(super) fn judge(ctx: &SkBuffContext, ends: &Ends, cookie: u64, how: u8, list
 type Destination = u64;
 /// A local destination whose receiving socket could not be resolved (remembered).
 const UNRESOLVED_HERE: Destination = 1 << 32;
-/// The node's address reached from another namespace: not resolvable here (not remembered).
+/// The node's address reached from another namespace: not resolvable here (not remembered;
+/// handed off to the receiver when every interface is covered, else failed closed).
 const UNRESOLVED_ELSEWHERE: Destination = 2 << 32;
+
+/// A local destination in the socket's own namespace: resolve its receiving socket. Only
+/// between [`placed`] and [`outbound_destination`].
+const LOCAL_HERE: Destination = 3 << 32;
+
+/// Where the remote end of `ends` is: an identity, [`LOCAL_HERE`] or [`UNRESOLVED_ELSEWHERE`].
+/// Its own BPF function, so that the address lookups' keys stay off the frame that resolves a
+/// local receiver.
+#[inline(never)]
+fn placed(view: &MapView, netns: u64, addr: &[u8; 16]) -> Destination {
+    match place(view, runtime_ref(), netns, addr) {
+        Place::Remote(identity) => Destination::from(identity),
+        Place::Local => LOCAL_HERE,
+        Place::ElsewhereOnNode => UNRESOLVED_ELSEWHERE,
+    }
+}
 
 /// Resolves the destination of a flow the socket opens. Its own BPF function, a sibling of the
 /// deciding one.
@@ -134,25 +151,24 @@ fn outbound_destination(
     view: &MapView,
     netns: u64,
 ) -> Destination {
-    let runtime = &runtime();
-    match place(view, runtime, netns, &ends.remote_addr) {
-        Place::Remote(identity) => Destination::from(identity),
-        Place::Local => match owner_from_kernel(
-            ctx.as_ptr(),
-            &LocalQuery {
-                slot: view.slot,
-                local_identity: view.config.local_identity,
-                netns,
-                dst_addr: ends.remote_addr,
-                dst_port: ends.remote_port,
-                protocol: ends.folded,
-            },
-            runtime,
-        ) {
-            Owner::Identity(identity) => Destination::from(identity),
-            Owner::Defer | Owner::Unresolved => UNRESOLVED_HERE,
+    let destination = placed(view, netns, &ends.remote_addr);
+    if destination != LOCAL_HERE {
+        return destination;
+    }
+    match owner_from_kernel(
+        ctx.as_ptr(),
+        &LocalQuery {
+            slot: view.slot,
+            local_identity: view.config.local_identity,
+            netns,
+            dst_addr: ends.remote_addr,
+            dst_port: ends.remote_port,
+            protocol: ends.folded,
         },
-        Place::ElsewhereOnNode => UNRESOLVED_ELSEWHERE,
+        runtime_ref(),
+    ) {
+        Owner::Identity(identity) => Destination::from(identity),
+        Owner::Defer | Owner::Unresolved => UNRESOLVED_HERE,
     }
 }
 
@@ -166,6 +182,11 @@ fn outbound(
     judged: &mut Judged,
 ) -> u8 {
     *judged = outbound_decision(ctx, ends, view, destination);
+    if judged.decision.verdict == VERDICT_DEFER {
+        // Its receiver judges it, with the identity recorded here.
+        count(counter::HANDED_OFF);
+        track::hand_off(ends, judged.decision.src_identity, view.config.generation);
+    }
     judged.decision.verdict
 }
 
@@ -181,6 +202,15 @@ fn outbound_decision(
         Ok(identity) => identity,
         Err(why) => return Judged::failed(0, 0, why, false),
     };
+    if *destination == UNRESOLVED_ELSEWHERE && runtime().flags & RUNTIME_HAND_OFF != 0 {
+        return Judged {
+            decision: Decision {
+                verdict: VERDICT_DEFER,
+                ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
+            },
+            memorable: false,
+        };
+    }
     if *destination > u64::from(u32::MAX) {
         count(counter::ERR_UNRESOLVED_LOCAL);
         let memorable = *destination == UNRESOLVED_HERE;
@@ -218,14 +248,23 @@ const JUDGED_AT_ORIGIN: Source = 1 << 32;
 /// Resolves the source of an arriving flow. Its own BPF function, a sibling of the deciding one.
 #[inline(never)]
 fn inbound_source(ctx: &SkBuffContext, ends: &Ends, view: &MapView, netns: u64) -> Source {
-    match place(view, &runtime(), netns, &ends.remote_addr) {
-        Place::Remote(identity) => Source::from(identity),
-        Place::Local => match sender(ctx.as_ptr(), ends, view.slot) {
-            Sender::Managed(identity) => JUDGED_AT_ORIGIN | Source::from(identity),
-            Sender::Node => Source::from(view.config.local_identity),
-        },
-        // The node's address seen from another namespace: a process of the node sent it.
-        Place::ElsewhereOnNode => Source::from(view.config.local_identity),
+    let (placed, from_node) = match place(view, &runtime(), netns, &ends.remote_addr) {
+        Place::Local => {
+            return match sender(ctx.as_ptr(), ends, view.slot) {
+                Sender::Managed(identity) => JUDGED_AT_ORIGIN | Source::from(identity),
+                Sender::Node => Source::from(view.config.local_identity),
+            };
+        }
+        // A remote end, or a container of this node whose sender handed the flow off.
+        Place::Remote(identity) => (identity, false),
+        // The node's address seen from another namespace: a socket of the node's namespace sent
+        // it, a workload's if its egress recorded it, else a process of the node.
+        Place::ElsewhereOnNode => (view.config.local_identity, true),
+    };
+    // One call site: the verifier checks a static BPF function once per call.
+    match track::sender_identity(ends, view.config.generation, from_node) {
+        0 => Source::from(placed),
+        sent => Source::from(sent),
     }
 }
 
@@ -276,6 +315,10 @@ fn inbound_decision(ctx: &SkBuffContext, ends: &Ends, view: &MapView, source: &S
 fn finish(ctx: &SkBuffContext, flow: &Flow, judged: &Judged, how: u8, listener: bool) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     let decision = &judged.decision;
+    if decision.verdict == VERDICT_DEFER {
+        // Handed off (see `outbound`): its receiver judges it.
+        return PASS;
+    }
     let direction = how & !AGAIN;
     let revoked = how & AGAIN != 0;
     if revoked {
@@ -329,11 +372,17 @@ fn memorise(flow: &Flow, decision: &Decision, direction: u8, listener: bool) {
                 protocol: enforcer_common::decide::fold_protocol(flow.protocol),
                 verdict: decision.verdict,
                 direction,
-                _pad: [0; 3],
+                tracked: 0,
+                _pad: [0; 2],
                 peer_identity: if inbound {
                     decision.src_identity
                 } else {
                     decision.dst_identity
+                },
+                local_identity: if inbound {
+                    decision.dst_identity
+                } else {
+                    decision.src_identity
                 },
             },
         );

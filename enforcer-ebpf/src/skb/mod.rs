@@ -130,9 +130,9 @@ fn classify<const INGRESS: bool>(ctx: &SkBuffContext, ends: &Ends, socket: &Sock
                 return Next::Pass;
             }
             count(counter::REMEMBERED);
-            if !INGRESS && memory.direction == FLOW_OUTBOUND {
+            if !INGRESS && memory.direction == FLOW_OUTBOUND && memory.tracked == 0 {
                 // The first packet of a flow the socket hooks judged: now its ends are known.
-                track::track_remembered(ends, &memory);
+                track::track_remembered(socket.cookie, ends, &memory);
             }
             return Next::Pass;
         }

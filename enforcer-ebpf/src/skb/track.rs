@@ -5,7 +5,7 @@ use enforcer_common::{
     ArrivedKey, FLOW_INBOUND, FLOW_OUTBOUND, FlowKey, FlowState, SocketVerdict, VERDICT_DENY,
     counter,
     decide::fold_protocol,
-    flow::{ORIGIN_JUDGED, ORIGIN_NODE},
+    flow::{ORIGIN_JUDGED, ORIGIN_NODE, ORIGIN_SENT},
     protocol,
 };
 
@@ -92,12 +92,14 @@ pub(crate) enum Tracked {
 #[inline(never)]
 pub(crate) fn tracked(ends: &Ends, generation: u32) -> Tracked {
     let mut direction = FLOW_OUTBOUND;
+    // A flow handed off to its receiver was not judged yet: nothing passes on it.
     // SAFETY: hash map values are read-only copies for us.
-    let mut state = unsafe { FLOWS.get(key(ends, FLOW_OUTBOUND)) };
+    let mut state =
+        unsafe { FLOWS.get(key(ends, FLOW_OUTBOUND)) }.filter(|s| s.origin != ORIGIN_SENT);
     if state.is_none() {
         direction = FLOW_INBOUND;
         // SAFETY: as above.
-        state = unsafe { FLOWS.get(key(ends, FLOW_INBOUND)) };
+        state = unsafe { FLOWS.get(key(ends, FLOW_INBOUND)) }.filter(|s| s.origin != ORIGIN_SENT);
     }
     let Some(state) = state else {
         return Tracked::Unknown;
@@ -113,11 +115,18 @@ pub(crate) fn tracked(ends: &Ends, generation: u32) -> Tracked {
         protocol: ends.folded,
         verdict: state.verdict,
         direction,
-        _pad: [0; 3],
+        // Found in the flow table: there already.
+        tracked: 1,
+        _pad: [0; 2],
         peer_identity: if direction == FLOW_OUTBOUND {
             state.dst_identity
         } else {
             state.src_identity
+        },
+        local_identity: if direction == FLOW_OUTBOUND {
+            state.src_identity
+        } else {
+            state.dst_identity
         },
     })
 }
@@ -165,14 +174,19 @@ pub(crate) fn track_judged(
 }
 
 /// Records a flow the socket hooks judged (they cannot: its source address and port are chosen
-/// after them), when its first packet leaves. The source identity is not known here.
+/// after them), when its first packet leaves, and notes on the socket that it did, so that the
+/// flow's next packets cost no flow-table lookup.
 #[inline(never)]
-pub(crate) fn track_remembered(ends: &Ends, memory: &SocketVerdict) {
+pub(crate) fn track_remembered(cookie: u64, ends: &Ends, memory: &SocketVerdict) {
+    if let Some(slot) = SOCKET_VERDICTS.get_ptr_mut(cookie) {
+        // SAFETY: a value of the map; a racing writer can only make a later packet track again.
+        unsafe { (*slot).tracked = 1 };
+    }
     track(
         &key(ends, FLOW_OUTBOUND),
         &FlowState {
             generation: memory.generation,
-            src_identity: 0,
+            src_identity: memory.local_identity,
             dst_identity: memory.peer_identity,
             verdict: memory.verdict,
             direction: FLOW_OUTBOUND,
@@ -215,4 +229,53 @@ pub(crate) fn has_arrived(addr: &[u8; 16], port: u16, local_port: u16) -> bool {
     };
     // SAFETY: as above.
     unsafe { ARRIVED.get(key) }.is_some()
+}
+
+/// Hands a flow from a socket of the subtree in another network namespace to one of the node's
+/// addresses over to its receiver (`ends` as the sender sees them): records the sender's identity
+/// for whichever layer judges the arrival. A record of the receiver's own verdict under the
+/// policy in force stays: the flow is let through on it.
+#[inline(never)]
+pub(crate) fn hand_off(ends: &Ends, src_identity: u32, generation: u32) {
+    let key = key(ends, FLOW_OUTBOUND);
+    // SAFETY: hash map values are read-only copies for us.
+    if let Some(state) = unsafe { FLOWS.get(&key) }
+        && state.origin == ORIGIN_JUDGED
+        && state.generation == generation
+    {
+        return;
+    }
+    track(
+        &key,
+        &FlowState {
+            generation,
+            src_identity,
+            dst_identity: 0,
+            verdict: VERDICT_DENY,
+            direction: FLOW_OUTBOUND,
+            origin: ORIGIN_SENT,
+            _pad: 0,
+        },
+    );
+}
+
+/// The identity that sent an arriving flow (`ends` as its receiver sees them), when its sender's
+/// own programs recorded it under the policy in force: a socket of the subtree in another network
+/// namespace of this node that handed it off ([`ORIGIN_SENT`]), or, for a flow from one of the
+/// node's addresses, the socket of the node's namespace that opened it ([`ORIGIN_JUDGED`]).
+/// 0 when neither. Its own BPF function, so its key is not on the judging frame.
+#[inline(never)]
+pub(crate) fn sender_identity(ends: &Ends, generation: u32, from_node: bool) -> u32 {
+    // SAFETY: hash map values are read-only copies for us.
+    match unsafe { FLOWS.get(key(ends, FLOW_INBOUND)) } {
+        Some(state)
+            if state.generation == generation
+                && state.direction == FLOW_OUTBOUND
+                && (state.origin == ORIGIN_SENT
+                    || (from_node && state.origin == ORIGIN_JUDGED)) =>
+        {
+            state.src_identity
+        }
+        _ => 0,
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::Path, sync::Arc};
 
-use enforcer_common::Runtime;
+use enforcer_common::{RUNTIME_HAND_OFF, Runtime};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{mpsc, watch},
@@ -400,7 +400,13 @@ fn enforce(
         daemon_cgroup_id: own_cgroup_id(cgroup_mount)?,
         root_cgroup_id: cgroup_id(cgroup_root)?,
         root_level: cgroup_level(cgroup_mount, cgroup_root),
-        _pad: 0,
+        // Named interfaces leave others (a container's veth) unjudged: a flow from another
+        // namespace to the node could then reach a node process no layer judges.
+        flags: if config.interfaces.is_empty() {
+            RUNTIME_HAND_OFF
+        } else {
+            0
+        },
     })?;
     let addresses = AddressWatcher::new(node_netns)?;
     reconciler.sync_addresses(&local_addresses(node_netns)?);

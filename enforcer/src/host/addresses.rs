@@ -83,8 +83,8 @@ fn own_address(message: &AddressMessage) -> Option<IpAddr> {
 /// Needs a tokio runtime with I/O enabled, for [`AsyncFd`]; dropping it unsubscribes.
 #[derive(Debug)]
 pub struct AddressWatcher {
-    /// Non-blocking, subscribed to `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`. Only its arrival
-    /// matters, never its content.
+    /// Non-blocking, subscribed to `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_LINK`. Only
+    /// an event's arrival and kind matter, never its content.
     events: AsyncFd<Socket>,
     /// Blocking, for the re-reads: a dump on the subscribed socket would interleave with events.
     dump: Socket,
@@ -94,6 +94,8 @@ pub struct AddressWatcher {
     current: BTreeSet<IpAddr>,
     /// An event was consumed but the re-read failed: the next call re-reads before it waits.
     reread: bool,
+    /// A link appeared, changed or went since the last return (or events were lost).
+    links_changed: bool,
 }
 
 impl AddressWatcher {
@@ -111,7 +113,7 @@ impl AddressWatcher {
         }
         let (events, dump) = in_netns(ns, || {
             let mut events = new_socket(NETLINK_ROUTE)?;
-            let groups = libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR;
+            let groups = libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR | libc::RTMGRP_LINK;
             netlink::bind(&mut events, groups.cast_unsigned())?;
             Ok((events, dump_socket()?))
         })?;
@@ -135,6 +137,7 @@ impl AddressWatcher {
             buffer: Vec::with_capacity(RECV_BUFFER),
             current,
             reread: false,
+            links_changed: false,
         })
     }
 
@@ -143,9 +146,11 @@ impl AddressWatcher {
         &self.current
     }
 
-    /// Waits until the set of local addresses differs from [`current`](Self::current), and returns
-    /// the new set. Events that leave the set as it was (an IPv6 address finishing duplicate address
-    /// detection, an address re-added) are absorbed.
+    /// Waits until the set of local addresses differs from [`current`](Self::current), or a link
+    /// appeared, changed or went (an interface without addresses coming up, as a container's veth
+    /// does: the interface layer covers it then), and returns the set. Other events that leave the
+    /// set as it was (an IPv6 address finishing duplicate address detection, an address re-added)
+    /// are absorbed.
     ///
     /// Cancel safe: it only awaits before it has consumed any event. The re-read is a blocking
     /// netlink dump, which the kernel answers at once; when it fails, the error is returned and the
@@ -158,7 +163,8 @@ impl AddressWatcher {
             }
             let now = read_addresses(&self.dump)?;
             self.reread = false;
-            if now != self.current {
+            if now != self.current || self.links_changed {
+                self.links_changed = false;
                 self.current.clone_from(&now);
                 return Ok(now);
             }
@@ -183,9 +189,15 @@ impl AddressWatcher {
                     buffer.clear();
                     socket.get_ref().recv(buffer, 0)
                 }) {
-                    Ok(Ok(_)) => seen = true,
+                    Ok(Ok(_)) => {
+                        seen = true;
+                        self.links_changed |= is_link_event(&self.buffer);
+                    }
                     // The receive queue overflowed and events were dropped: the re-read covers them.
-                    Ok(Err(error)) if error.raw_os_error() == Some(libc::ENOBUFS) => seen = true,
+                    Ok(Err(error)) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                        seen = true;
+                        self.links_changed = true;
+                    }
                     Ok(Err(error)) if error.kind() == io::ErrorKind::Interrupted => {}
                     Ok(Err(source)) => {
                         return Err(HostError::Netlink {
@@ -202,4 +214,13 @@ impl AddressWatcher {
             }
         }
     }
+}
+
+/// Whether a received netlink message is `RTM_NEWLINK` or `RTM_DELLINK` (its header's type, a
+/// native-endian `u16` at offset 4; the kernel sends one message per multicast datagram).
+fn is_link_event(message: &[u8]) -> bool {
+    message.get(4..6).is_some_and(|kind| {
+        let kind = u16::from_ne_bytes([kind[0], kind[1]]);
+        kind == libc::RTM_NEWLINK || kind == libc::RTM_DELLINK
+    })
 }
