@@ -1,5 +1,6 @@
 //! Shared helpers of the xtask subcommands.
 
+pub mod bench;
 pub mod demo;
 pub mod lab;
 pub mod setup;

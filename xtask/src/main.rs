@@ -1,9 +1,9 @@
-//! `cargo xtask`: the one door for set-up, the test suite and the demo lab.
+//! `cargo xtask`: the one door for set-up, the test suite, the demo lab and the bench.
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Set-up, tests and the demo lab for enforcer")]
+#[command(about = "Set-up, tests, the demo lab and the bench for enforcer")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +18,12 @@ enum Command {
     Test,
     /// Set up, build, and run a lab on this machine that shows enforcement and events.
     Demo,
+    /// Set up, build in release, and measure what enforcement costs; writes docs/benchmarks.md.
+    Bench {
+        /// One short round (2 s per test) instead of three of 5 s: a smoke test of the bench.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => xtask::setup::run(&workspace),
         Command::Test => xtask::test::run(&workspace),
         Command::Demo => xtask::demo::run(&workspace),
+        Command::Bench { quick } => xtask::bench::run(&workspace, quick),
     }
 }

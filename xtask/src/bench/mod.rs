@@ -1,0 +1,639 @@
+//! `cargo xtask bench`: what enforcement costs, measured on a lab on this machine and written to
+//! `docs/benchmarks.md`.
+//!
+//! A client and a server network namespace are joined by veth; the client process runs in a cgroup
+//! below the lab's cgroup root and in the client namespace, which is all a daemon started here
+//! covers. Each measure compares contenders (no filter, the enforcer with policies of several
+//! sizes, ...) in interleaved rounds, so that a change in the machine's load during the run hits
+//! every contender alike, and reports min / median / max over the rounds. A measure is a function
+//! from the [`Bench`] to a [`Section`] of the document; the document is regenerated whole from the
+//! list of sections.
+
+mod established;
+pub mod policy;
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{
+    command, exec,
+    lab::{Lab, catch_interrupt, check_interrupt},
+    output, require_root, say, setup,
+};
+
+/// The client's addresses, the daemon's node name and the server's addresses.
+pub const CLIENT: &str = "10.77.0.1";
+pub const CLIENT6: &str = "fd00:77::1";
+pub const NODE: &str = "bench-client";
+pub const SERVER: &str = "10.77.0.2";
+pub const SERVER6: &str = "fd00:77::2";
+
+/// How long and how often each contender is measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub rounds: usize,
+    pub secs: u64,
+}
+
+/// Runs the bench and writes `docs/benchmarks.md`.
+///
+/// # Errors
+/// When set-up, the build, the lab or a measurement fails.
+pub fn run(workspace: &Path, quick: bool) -> anyhow::Result<()> {
+    setup::run(workspace)?;
+    require_root("cargo xtask bench")?;
+    say("building the daemon in release (what users run)");
+    exec(
+        "cargo build --release",
+        command("cargo").current_dir(workspace).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "enforcer",
+        ]),
+    )?;
+    let enforcer = target_dir(workspace).join("release/enforcer");
+    catch_interrupt();
+    let settings = if quick {
+        Settings { rounds: 1, secs: 2 }
+    } else {
+        Settings { rounds: 3, secs: 5 }
+    };
+    let machine = machine();
+    // Enabled for the whole run so every contender pays the same (small) timing overhead.
+    let stats = BpfStats::enable()?;
+    let mut bench = Bench::new(enforcer, settings)?;
+    let sections = vec![established::run(&mut bench)?];
+    drop(bench);
+    drop(stats);
+    let doc = document(&machine, settings, quick, &sections);
+    let path = workspace.join("docs/benchmarks.md");
+    fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    say(&format!("wrote {}", path.display()));
+    Ok(())
+}
+
+/// Where cargo puts its output: `CARGO_TARGET_DIR` (relative to the workspace, where cargo runs)
+/// or the workspace's `target/`.
+fn target_dir(workspace: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
+}
+
+/// A part of the document: a `##` heading and its markdown.
+pub struct Section {
+    pub title: String,
+    pub body: String,
+}
+
+fn document(machine: &str, settings: Settings, quick: bool, sections: &[Section]) -> String {
+    let mode = if quick { " --quick" } else { "" };
+    let mut doc = format!(
+        "# Benchmarks\n\n\
+         Produced by `sudo -E cargo xtask bench{mode}` and regenerated whole by every run: change\n\
+         `xtask/src/bench/`, not this file.\n\n\
+         - Machine: {machine}\n\
+         - Method: {} round(s) of {} s per test. In each round every contender runs once, in the\n  \
+           same order, so a change in the machine's load hits them all alike; tables give min /\n  \
+           median / max over the rounds. The lab is two network namespaces joined by veth on this\n  \
+           machine (client {CLIENT} / {CLIENT6}, server {SERVER} / {SERVER6}); the client runs in a\n  \
+           cgroup below the lab's cgroup root, which is all the daemon covers, together with the\n  \
+           interfaces of the client's namespace.\n\
+         - `kernel.bpf_stats_enabled` is on during the whole run (for the per-program costs), so the\n  \
+           enforcer's figures include the kernel's timing of each program run.\n",
+        settings.rounds, settings.secs
+    );
+    for section in sections {
+        doc.push_str(&format!("\n## {}\n\n{}", section.title, section.body));
+    }
+    doc
+}
+
+/// CPUs, CPU model, kernel, date and load, in one line.
+fn machine() -> String {
+    let cpus =
+        output(&mut Command::new("nproc")).map_or_else(|| "?".into(), |n| n.trim().to_owned());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cpus} CPUs ({model}), Linux {}, {}; load average {} at the start",
+        kernel.trim(),
+        date.trim(),
+        load.join(" ")
+    )
+}
+
+/// The lab and what runs in it. Fields drop in order: the lab (its processes, cgroups and
+/// namespaces), then the daemons' bpffs mounts, then the scratch directory holding them.
+pub struct Bench {
+    pub lab: Lab,
+    mounts: Mounts,
+    scratch: tempfile::TempDir,
+    pub enforcer: PathBuf,
+    pub settings: Settings,
+    pub client_ns: String,
+    pub client_cgroup: PathBuf,
+    starts: usize,
+}
+
+/// A daemon started by [`Bench::start_enforcer`].
+pub struct Daemon {
+    name: String,
+    pub pid: u32,
+    pub log: PathBuf,
+    /// From the spawn to the ready file.
+    pub ready: Duration,
+}
+
+impl Bench {
+    /// Builds the lab and starts the iperf3 server in it.
+    ///
+    /// # Errors
+    /// When a part of the lab cannot be made or the server does not start.
+    pub fn new(enforcer: PathBuf, settings: Settings) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let tag = format!("ebench-{pid}");
+        let (client_ns, server_ns) = (format!("{tag}-c"), format!("{tag}-s"));
+        say("building the lab: client and server namespaces joined by veth, the client's cgroup");
+        let mut lab = Lab::new(&tag)?;
+        let client_cgroup = lab.cgroup("client")?;
+        lab.netns(&client_ns)?;
+        lab.netns(&server_ns)?;
+        // One subnet for both ends, so the kernel's connected routes are all the lab needs (the
+        // lab's own `link` routes between subnets). The veth goes with the namespaces.
+        let (veth_c, veth_s) = (format!("ebc{pid}a"), format!("ebc{pid}b"));
+        exec(
+            "ip link add veth",
+            Command::new("ip").args([
+                "link", "add", &veth_c, "netns", &client_ns, "type", "veth", "peer", "name",
+                &veth_s, "netns", &server_ns,
+            ]),
+        )?;
+        for (ns, veth, v4, v6) in [
+            (&client_ns, &veth_c, CLIENT, CLIENT6),
+            (&server_ns, &veth_s, SERVER, SERVER6),
+        ] {
+            for args in [
+                vec!["addr", "add", &format!("{v4}/24"), "dev", veth],
+                vec!["addr", "add", &format!("{v6}/64"), "dev", veth, "nodad"],
+                vec!["link", "set", veth, "up"],
+            ] {
+                exec(
+                    &format!("ip -n {ns} {}", args.join(" ")),
+                    Command::new("ip").args(["-n", ns]).args(&args),
+                )?;
+            }
+        }
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let server_log = scratch.path().join("iperf3-server.log");
+        lab.spawn(
+            "iperf3 server",
+            Command::new("ip")
+                .args(["netns", "exec", &server_ns])
+                .args(["iperf3", "-s", "-B", SERVER, "--forceflush"]),
+            &server_log,
+        )?;
+        wait_for(&server_log, "listening", Duration::from_secs(10))
+            .context("the iperf3 server did not start")?;
+        Ok(Self {
+            lab,
+            mounts: Mounts(Vec::new()),
+            scratch,
+            enforcer,
+            settings,
+            client_ns,
+            client_cgroup,
+            starts: 0,
+        })
+    }
+
+    /// A file in the scratch directory.
+    #[must_use]
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// Starts `enforcer run` on `policy` for the client node, and waits until it enforces.
+    ///
+    /// # Errors
+    /// When it cannot start, exits, or is not ready within 60 s (with its log).
+    pub fn start_enforcer(&mut self, policy: &Path) -> anyhow::Result<Daemon> {
+        let k = self.starts;
+        self.starts += 1;
+        let name = format!("enforcer-{k}");
+        let ready_file = self.scratch(&format!("ready-{k}"));
+        let log = self.scratch(&format!("enforcer-{k}.log"));
+        let bpffs = self.scratch(&format!("bpffs-{k}"));
+        self.mounts.0.push(bpffs.clone());
+        let started = Instant::now();
+        let pid = self.lab.spawn(
+            &name,
+            Command::new(&self.enforcer)
+                .arg("run")
+                .arg("--policy")
+                .arg(policy)
+                .args(["--node", NODE, "--cgroup-root"])
+                .arg(&self.lab.cgroup_root)
+                .arg("--events")
+                .arg(self.scratch("events.jsonl"))
+                .arg("--ready-file")
+                .arg(&ready_file)
+                // An instance of its own, gone with it: nothing stays pinned on this machine.
+                .arg("--bpffs")
+                .arg(&bpffs)
+                .arg("--state-dir")
+                .arg(self.scratch(&format!("state-{k}")))
+                .arg("--netns")
+                .arg(format!("/run/netns/{}", self.client_ns))
+                .args(["--on-exit", "detach"]),
+            &log,
+        )?;
+        let deadline = started + Duration::from_secs(60);
+        while !ready_file.exists() {
+            check_interrupt()?;
+            if exited(pid) || Instant::now() > deadline {
+                let log = fs::read_to_string(&log).unwrap_or_default();
+                bail!("the daemon did not become ready within 60 s:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Daemon {
+            name,
+            pid,
+            log,
+            ready: started.elapsed(),
+        })
+    }
+
+    /// Stops the daemon: SIGTERM, and `--on-exit detach` removes all its programs.
+    ///
+    /// # Errors
+    /// When it does not stop within 5 s.
+    pub fn stop_enforcer(&mut self, daemon: &Daemon) -> anyhow::Result<()> {
+        self.lab.stop(&daemon.name).with_context(|| {
+            format!(
+                "stopping the daemon; its log:\n{}",
+                fs::read_to_string(&daemon.log).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Runs iperf3 as the client (in the client's cgroup and namespace) against the server with
+    /// `args`, and returns its JSON report; waits and retries while the server is still busy
+    /// with the previous test.
+    ///
+    /// # Errors
+    /// When iperf3 fails or reports an error.
+    pub fn iperf3(&self, args: &[&str]) -> anyhow::Result<Value> {
+        for _ in 0..10 {
+            check_interrupt()?;
+            let out = Command::new("sh")
+                .args([
+                    "-c",
+                    r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" iperf3 "$@""#,
+                    "sh",
+                ])
+                .arg(&self.client_cgroup)
+                .arg(&self.client_ns)
+                .args(["-c", SERVER, "-J", "--connect-timeout", "5000"])
+                .args(args)
+                .output()
+                .context("running the iperf3 client")?;
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            match report.get("error").and_then(Value::as_str) {
+                Some(error) if error.contains("busy") => thread::sleep(Duration::from_millis(500)),
+                Some(error) => bail!("iperf3 {}: {error}", args.join(" ")),
+                None if out.status.success() && report.is_object() => return Ok(report),
+                None => bail!(
+                    "iperf3 {} failed ({}): {}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            }
+        }
+        bail!("the iperf3 server stayed busy")
+    }
+}
+
+/// Unmounts the bpffs instances the daemons mounted (they remove their pins on exit, and the
+/// scratch directory can only go once nothing is mounted in it).
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = Command::new("umount").arg("-l").arg(dir).output();
+        }
+    }
+}
+
+/// Whether process `pid` (our child) has exited: gone, or a zombie not yet reaped.
+fn exited(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // The state follows the command name in parentheses, which may itself hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+/// Waits until `path` exists and contains `needle`.
+fn wait_for(path: &Path, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        check_interrupt()?;
+        if fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {}", path.display())
+}
+
+/// Runs `measure` for every contender in every round, the contenders in the same order each
+/// round, and returns the results by contender, then round (round numbers start at 1).
+///
+/// # Errors
+/// The first error of `measure`.
+pub fn interleaved<C, R>(
+    bench: &mut Bench,
+    contenders: &[C],
+    mut measure: impl FnMut(&mut Bench, usize, &C) -> anyhow::Result<R>,
+) -> anyhow::Result<Vec<Vec<R>>> {
+    let mut results: Vec<Vec<R>> = contenders.iter().map(|_| Vec::new()).collect();
+    for round in 1..=bench.settings.rounds {
+        for (contender, results) in contenders.iter().zip(&mut results) {
+            results.push(measure(bench, round, contender)?);
+        }
+    }
+    Ok(results)
+}
+
+/// Min, median and max of a measure over the rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for no samples.
+    #[must_use]
+    pub fn of(samples: &[f64]) -> Option<Self> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(Self {
+            min: *sorted.first()?,
+            median: median(&sorted)?,
+            max: *sorted.last()?,
+        })
+    }
+
+    /// `min / median / max` with `decimals` digits.
+    #[must_use]
+    pub fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.decimals$} / {:.decimals$} / {:.decimals$}",
+            self.min, self.median, self.max
+        )
+    }
+}
+
+/// The median of `samples` (the mean of the middle two for an even count).
+#[must_use]
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some(f64::midpoint(sorted[mid - 1], sorted[mid])),
+    }
+}
+
+/// A markdown table; its text reads as a table on a terminal too (the columns are padded).
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    #[must_use]
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|&h| h.to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let width = |col: usize| {
+            std::iter::once(&self.headers)
+                .chain(&self.rows)
+                .filter_map(|row| row.get(col))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(3)
+        };
+        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
+        let line = |cells: &[String]| {
+            let padded: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let cell = cells.get(i).map_or("", String::as_str);
+                    format!(
+                        "{cell}{}",
+                        " ".repeat(w.saturating_sub(cell.chars().count()))
+                    )
+                })
+                .collect();
+            format!("| {} |\n", padded.join(" | "))
+        };
+        let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+        let mut out = line(&self.headers);
+        out.push_str(&line(&rule));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// Turns on the kernel's per-program run time and count (`kernel.bpf_stats_enabled`) and
+/// restores the old value on drop, also after an error.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let old = fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
+        Ok(Self {
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.old);
+    }
+}
+
+/// One loaded program's counters.
+#[derive(Clone, Debug)]
+pub struct ProgCounters {
+    /// `bpftool`'s type (`cgroup_skb`, `sched_cls`, ...) and the program's name.
+    pub kind: String,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// The counters of the programs process `pid` holds, by program id. A program is held when
+/// `bpftool -j prog show` lists the process in its `pids` (bpftool built with skeletons), or when
+/// one of the process's descriptors refers to it (`prog_id:` in /proc/PID/fdinfo, which program
+/// and link descriptors both show; Debian's bpftool has no `pids`).
+///
+/// # Errors
+/// When bpftool fails or its output is not the JSON expected.
+pub fn programs_of(pid: u32) -> anyhow::Result<BTreeMap<u64, ProgCounters>> {
+    let text = output(Command::new("bpftool").args(["-j", "prog", "show"]))
+        .context("bpftool -j prog show failed")?;
+    let progs: Vec<Value> = serde_json::from_str(&text).context("parsing bpftool's JSON")?;
+    let held = fd_prog_ids(pid);
+    let holds = |p: &Value| {
+        p["id"].as_u64().is_some_and(|id| held.contains(&id))
+            || p["pids"].as_array().is_some_and(|pids| {
+                pids.iter()
+                    .any(|h| h["pid"].as_u64() == Some(u64::from(pid)))
+            })
+    };
+    Ok(progs
+        .iter()
+        .filter(|p| holds(p))
+        .filter_map(|p| {
+            let counters = ProgCounters {
+                kind: p["type"].as_str().unwrap_or("?").to_owned(),
+                name: p["name"].as_str().unwrap_or("?").to_owned(),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+            };
+            Some((p["id"].as_u64()?, counters))
+        })
+        .collect())
+}
+
+fn fd_prog_ids(pid: u32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| fs::read_to_string(fd.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// What the programs cost between two snapshots, by (type, name), for the programs that ran:
+/// (runs, nanoseconds). Programs of one name (attached to several hooks) are added up.
+#[must_use]
+pub fn program_cost(
+    before: &BTreeMap<u64, ProgCounters>,
+    after: &BTreeMap<u64, ProgCounters>,
+) -> BTreeMap<(String, String), (u64, u64)> {
+    let mut cost: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for (id, now) in after {
+        let (runs0, ns0) = before
+            .get(id)
+            .map_or((0, 0), |then| (then.run_cnt, then.run_time_ns));
+        let runs = now.run_cnt.saturating_sub(runs0);
+        if runs > 0 {
+            let entry = cost
+                .entry((now.kind.clone(), now.name.clone()))
+                .or_default();
+            entry.0 += runs;
+            entry.1 += now.run_time_ns.saturating_sub(ns0);
+        }
+    }
+    cost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_and_medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        let spread = Spread::of(&[5.0, 1.0, 3.0]).expect("three samples");
+        assert_eq!(spread.show(1), "1.0 / 3.0 / 5.0");
+    }
+
+    #[test]
+    fn tables_are_padded_markdown() {
+        let mut table = Table::new(&["a", "long header"]);
+        table.row(vec!["≈ 10".into(), "x".into()]);
+        assert_eq!(
+            table.markdown(),
+            "| a    | long header |\n| ---- | ----------- |\n| ≈ 10 | x           |\n"
+        );
+    }
+
+    #[test]
+    fn costs_only_what_ran() {
+        let prog = |name: &str, runs, ns| ProgCounters {
+            kind: "cgroup_skb".into(),
+            name: name.into(),
+            run_time_ns: ns,
+            run_cnt: runs,
+        };
+        let before = BTreeMap::from([(1, prog("egress", 10, 100)), (2, prog("ingress", 5, 50))]);
+        let after = BTreeMap::from([
+            (1, prog("egress", 30, 500)),
+            (2, prog("ingress", 5, 50)),
+            (3, prog("egress", 1, 10)),
+        ]);
+        let cost = program_cost(&before, &after);
+        assert_eq!(cost.len(), 1);
+        assert_eq!(cost[&("cgroup_skb".into(), "egress".into())], (21, 410));
+    }
+}

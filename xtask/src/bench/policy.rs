@@ -1,0 +1,147 @@
+//! Generated policies of a chosen size for the bench lab.
+//!
+//! Every policy lets the client workload reach the iperf3 server (`tcp/5201`, `udp/5201`), so the
+//! measured flows are always allowed; what grows is the number of rule entries the kernel holds
+//! besides them: `peers` remote /32 peers in 172.16.0.0/12, each allowed on `ports` TCP ports.
+//! The ports are spaced two apart because the compiler merges adjacent ports into one
+//! prefix-aligned entry, and the point is to make the map big, so each one costs an entry of its
+//! own and the rule map holds `peers × ports` entries plus the two of iperf3.
+
+use std::{fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use super::{CLIENT, CLIENT6, NODE, SERVER, SERVER6};
+
+/// How big a generated policy is.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    /// Remote peers, each a /32 of its own with a label of its own.
+    pub peers: u32,
+    /// TCP ports allowed to each peer.
+    pub ports: u32,
+}
+
+impl Size {}
+
+/// First port of the peers' rules: far from iperf3's 5201.
+const FIRST_PORT: u32 = 10_000;
+
+/// Writes the policy of `size` into `dir` (created), as three files the way an operator would
+/// split them: settings, inventory, rules.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn generate(dir: &Path, size: Size) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // No failsafe port: it adds an entry per pair of identities that may reach this node, which
+    // would blur the sizes; the lab has no SSH to keep open.
+    let settings = "[settings]\nmode = \"enforce\"\nfailsafe_inbound = []\n";
+    let mut inventory = format!(
+        r#"[[node]]
+name = "{NODE}"
+addresses = ["{CLIENT}", "{CLIENT6}"]
+
+[[node]]
+name = "bench-server"
+addresses = ["{SERVER}", "{SERVER6}"]
+labels = {{ segment = "server" }}
+
+[[workload]]
+name = "client"
+cgroup = "client"
+labels = {{ segment = "client" }}
+
+[[segment]]
+name = "clients"
+select = {{ segment = "client" }}
+
+[[segment]]
+name = "servers"
+select = {{ segment = "server" }}
+"#
+    );
+    let mut rules = String::from(
+        r#"[[allow]]
+name = "iperf3"
+from = "clients"
+to = "servers"
+ports = ["tcp/5201", "udp/5201"]
+description = "the measured flows: iperf3's control connection and its TCP or UDP stream"
+"#,
+    );
+    let ports: Vec<String> = (0..size.ports)
+        .map(|i| format!("\"tcp/{}\"", FIRST_PORT + 2 * i))
+        .collect();
+    let ports = ports.join(", ");
+    for i in 0..size.peers {
+        // 172.16.0.0/12 holds 2^20 addresses; the bench uses far fewer. Writing to a String
+        // cannot fail.
+        let [_, b, c, d] = (0xAC10_0000_u32 + i + 1).to_be_bytes();
+        let _ = write!(
+            inventory,
+            "\n[[peer]]\nname = \"peer-{i}\"\ncidrs = [\"172.{b}.{c}.{d}/32\"]\nlabels = {{ peer = \"p{i}\" }}\n"
+        );
+        let _ = write!(
+            rules,
+            "\n[[allow]]\nname = \"to-peer-{i}\"\nfrom = \"clients\"\nto = {{ peer = \"p{i}\" }}\nports = [{ports}]\n"
+        );
+    }
+    for (name, text) in [
+        ("settings.toml", settings),
+        ("inventory.toml", inventory.as_str()),
+        ("rules.toml", rules.as_str()),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `enforcer check` on `dir` as the client node and returns the rule entries it reports.
+///
+/// # Errors
+/// When the policy is refused (the error carries the checker's output) or the summary has no
+/// rule count.
+pub fn check(enforcer: &Path, dir: &Path) -> anyhow::Result<u64> {
+    let out = Command::new(enforcer)
+        .arg("check")
+        .arg(dir)
+        .args(["--node", NODE])
+        .output()
+        .context("running enforcer check")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "enforcer check refused the generated policy {}:\n{text}",
+            dir.display()
+        );
+    }
+    rule_entries(&text)
+        .with_context(|| format!("no \"rule entries\" line in enforcer check's summary:\n{text}"))
+}
+
+/// The count of the summary's `  rule entries      N` line.
+fn rule_entries(summary: &str) -> Option<u64> {
+    summary.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix("rule entries")
+            .and_then(|n| n.trim().parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_rule_count_of_the_summary() {
+        let summary = "rules:      3 (3 allow, 0 deny)\nas node x, the kernel maps hold:\n  rule entries      102004\n  exact addresses   4\n";
+        assert_eq!(rule_entries(summary), Some(102_004));
+        assert_eq!(rule_entries("nothing"), None);
+    }
+}
