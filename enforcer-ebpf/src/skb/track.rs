@@ -239,7 +239,7 @@ pub(crate) fn has_arrived(addr: &[u8; 16], port: u16, local_port: u16) -> bool {
 pub(crate) fn hand_off(ends: &Ends, src_identity: u32, generation: u32) {
     let key = key(ends, FLOW_OUTBOUND);
     // SAFETY: hash map values are read-only copies for us.
-    if let Some(state) = unsafe { FLOWS.get(&key) }
+    if let Some(state) = unsafe { FLOWS.get(key) }
         && state.origin == ORIGIN_JUDGED
         && state.generation == generation
     {
