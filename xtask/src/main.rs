@@ -23,7 +23,13 @@ enum Command {
         /// One short round (2 s per test) instead of three of 5 s: a smoke test of the bench.
         #[arg(long)]
         quick: bool,
+        /// Run only these measures (repeatable) and print the result instead of writing the docs.
+        #[arg(long, value_name = "MEASURE")]
+        only: Vec<String>,
     },
+    /// The bench's load server and clients, run by the bench inside its lab.
+    #[command(subcommand, hide = true)]
+    BenchLoad(xtask::bench::load::Load),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => xtask::setup::run(&workspace),
         Command::Test => xtask::test::run(&workspace),
         Command::Demo => xtask::demo::run(&workspace),
-        Command::Bench { quick } => xtask::bench::run(&workspace, quick),
+        Command::Bench { quick, only } => xtask::bench::run(&workspace, quick, &only),
+        Command::BenchLoad(load) => xtask::bench::load::run(&load),
     }
 }

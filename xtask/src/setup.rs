@@ -8,9 +8,9 @@ use crate::{cargo_bin_dir, command, exec, output, path_with, require_root, say};
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 and nftables (the DNAT tests) for the labs,
 /// bpftool (the drift tests edit pinned maps with it, as an operator would), nmap, hping3 and
-/// iperf3 (traffic tools for the fleet tests), and venv support for Debian's own python3 (the OCSF
-/// validator).
-const APT_PACKAGES: [&str; 11] = [
+/// iperf3 (traffic tools for the fleet tests), iptables (a contender in the bench), and venv
+/// support for Debian's own python3 (the OCSF validator).
+const APT_PACKAGES: [&str; 12] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -21,6 +21,7 @@ const APT_PACKAGES: [&str; 11] = [
     "nmap",
     "hping3",
     "iperf3",
+    "iptables",
     "python3-venv",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use super::{
-    Bench, Section, Spread, Table, interleaved, median,
+    Bench, Section, Spread, Table, fixed, grouped, interleaved, median,
     policy::{self, Size},
     program_cost, programs_of,
 };
@@ -363,37 +363,13 @@ fn section(contenders: &[Contender], samples: &[Samples]) -> Section {
     Section {
         title: "Established flows".into(),
         body,
+        files: Vec::new(),
     }
-}
-
-/// The median of `samples` with `decimals` digits, `–` for none.
-fn fixed(samples: &[f64], decimals: usize) -> String {
-    median(samples).map_or_else(|| "–".into(), |m| format!("{m:.decimals$}"))
-}
-
-/// `102004` → `102 004`.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(grouped(7), "7");
-        assert_eq!(grouped(1000), "1 000");
-        assert_eq!(grouped(102_004), "102 004");
-    }
 
     #[test]
     fn reads_iperf3_udp_reports() {

@@ -9,7 +9,11 @@
 //! from the [`Bench`] to a [`Section`] of the document; the document is regenerated whole from the
 //! list of sections.
 
+mod connect;
 mod established;
+pub mod firewall;
+pub mod load;
+pub mod plot;
 pub mod policy;
 
 use std::{
@@ -24,6 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use self::policy::LOAD_PORT;
 use crate::{
     command, exec,
     lab::{Lab, catch_interrupt, check_interrupt},
@@ -48,7 +53,19 @@ pub struct Settings {
 ///
 /// # Errors
 /// When set-up, the build, the lab or a measurement fails.
-pub fn run(workspace: &Path, quick: bool) -> anyhow::Result<()> {
+pub fn run(workspace: &Path, quick: bool, only: &[String]) -> anyhow::Result<()> {
+    let measures: Vec<&Measure> = if only.is_empty() {
+        MEASURES.iter().collect()
+    } else {
+        only.iter()
+            .map(|name| {
+                MEASURES.iter().find(|m| m.name == name).with_context(|| {
+                    let names: Vec<&str> = MEASURES.iter().map(|m| m.name).collect();
+                    format!("no measure {name:?}; there are {}", names.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     setup::run(workspace)?;
     require_root("cargo xtask bench")?;
     say("building the daemon in release (what users run)");
@@ -73,15 +90,48 @@ pub fn run(workspace: &Path, quick: bool) -> anyhow::Result<()> {
     // Enabled for the whole run so every contender pays the same (small) timing overhead.
     let stats = BpfStats::enable()?;
     let mut bench = Bench::new(enforcer, settings)?;
-    let sections = vec![established::run(&mut bench)?];
+    let mut sections = Vec::new();
+    for measure in measures {
+        say(&format!("measuring {}", measure.name));
+        sections.push((measure.run)(&mut bench)?);
+    }
     drop(bench);
     drop(stats);
+    if !only.is_empty() {
+        // A partial run must not overwrite the whole document: show it instead.
+        println!("{}", document(&machine, settings, quick, &sections));
+        return Ok(());
+    }
+    let docs = workspace.join("docs");
+    for (name, content) in sections.iter().flat_map(|s| &s.files) {
+        let path = docs.join(name);
+        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        say(&format!("wrote {}", path.display()));
+    }
     let doc = document(&machine, settings, quick, &sections);
-    let path = workspace.join("docs/benchmarks.md");
+    let path = docs.join("benchmarks.md");
     fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
     say(&format!("wrote {}", path.display()));
     Ok(())
 }
+
+/// One measure of the bench: its name for `--only`, and what runs it.
+struct Measure {
+    name: &'static str,
+    run: fn(&mut Bench) -> anyhow::Result<Section>,
+}
+
+/// Every measure, in the order of the document.
+const MEASURES: &[Measure] = &[
+    Measure {
+        name: "connect",
+        run: connect::run,
+    },
+    Measure {
+        name: "established",
+        run: established::run,
+    },
+];
 
 /// Where cargo puts its output: `CARGO_TARGET_DIR` (relative to the workspace, where cargo runs)
 /// or the workspace's `target/`.
@@ -90,10 +140,12 @@ fn target_dir(workspace: &Path) -> PathBuf {
         .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
 }
 
-/// A part of the document: a `##` heading and its markdown.
+/// A part of the document: a `##` heading, its markdown, and files it links to (name in
+/// `docs/`, content).
 pub struct Section {
     pub title: String,
     pub body: String,
+    pub files: Vec<(String, String)>,
 }
 
 fn document(machine: &str, settings: Settings, quick: bool, sections: &[Section]) -> String {
@@ -217,6 +269,17 @@ impl Bench {
         )?;
         wait_for(&server_log, "listening", Duration::from_secs(10))
             .context("the iperf3 server did not start")?;
+        let load_log = scratch.path().join("load-server.log");
+        lab.spawn(
+            "load server",
+            Command::new("ip")
+                .args(["netns", "exec", &server_ns])
+                .arg(env::current_exe().context("finding this program")?)
+                .args(["bench-load", "serve", &format!("{SERVER}:{LOAD_PORT}")]),
+            &load_log,
+        )?;
+        wait_for(&load_log, "listening", Duration::from_secs(10))
+            .context("the load server did not start")?;
         Ok(Self {
             lab,
             mounts: Mounts(Vec::new()),
@@ -300,6 +363,80 @@ impl Bench {
         })
     }
 
+    /// `program` with `args`, to run as the client: in the client's cgroup and namespace.
+    #[must_use]
+    pub fn client_command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#,
+            "sh",
+        ])
+        .arg(&self.client_cgroup)
+        .arg(&self.client_ns)
+        .arg(program)
+        .args(args);
+        cmd
+    }
+
+    /// Runs the bench's own client load (`kind` is `tcp` or `udp`) against the load server for
+    /// `secs` seconds, and returns its report.
+    ///
+    /// # Errors
+    /// When the client fails or its report is not the JSON expected.
+    pub fn load(&self, kind: &str, secs: f64) -> anyhow::Result<LoadReport> {
+        check_interrupt()?;
+        let program = env::current_exe().context("finding this program")?;
+        let out = self
+            .client_command(
+                &program,
+                &[
+                    "bench-load",
+                    kind,
+                    &format!("{SERVER}:{LOAD_PORT}"),
+                    &secs.to_string(),
+                ],
+            )
+            .output()
+            .context("running the load client")?;
+        if !out.status.success() {
+            bail!(
+                "the {kind} load client failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "the {kind} load client's report: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Starts the enforcer on `policy`, runs `measure` with it, and stops it; an error of
+    /// `measure` carries the daemon's log.
+    ///
+    /// # Errors
+    /// When the daemon does not start or stop, or `measure` fails.
+    pub fn with_enforcer<R>(
+        &mut self,
+        policy: &Path,
+        measure: impl FnOnce(&mut Self, &Daemon) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let daemon = self.start_enforcer(policy)?;
+        let result = measure(self, &daemon);
+        let stopped = self.stop_enforcer(&daemon);
+        let result = result.with_context(|| {
+            format!(
+                "the daemon's log:\n{}",
+                fs::read_to_string(&daemon.log).unwrap_or_default()
+            )
+        })?;
+        stopped?;
+        Ok(result)
+    }
+
     /// Runs iperf3 as the client (in the client's cgroup and namespace) against the server with
     /// `args`, and returns its JSON report; waits and retries while the server is still busy
     /// with the previous test.
@@ -336,6 +473,18 @@ impl Bench {
         }
         bail!("the iperf3 server stayed busy")
     }
+}
+
+/// What a load client reports (see `load`).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LoadReport {
+    pub attempts: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Successful connections (or datagrams sent) per second.
+    pub per_second: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
 }
 
 /// Unmounts the bpffs instances the daemons mounted (they remove their pins on exit, and the
@@ -434,6 +583,24 @@ pub fn median(samples: &[f64]) -> Option<f64> {
         n if n % 2 == 1 => Some(sorted[mid]),
         _ => Some(f64::midpoint(sorted[mid - 1], sorted[mid])),
     }
+}
+
+/// The median of `samples` with `decimals` digits, `–` for none.
+pub fn fixed(samples: &[f64], decimals: usize) -> String {
+    median(samples).map_or_else(|| "–".into(), |m| format!("{m:.decimals$}"))
+}
+
+/// `102004` → `102 004`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A markdown table; its text reads as a table on a terminal too (the columns are padded).
@@ -606,6 +773,13 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         let spread = Spread::of(&[5.0, 1.0, 3.0]).expect("three samples");
         assert_eq!(spread.show(1), "1.0 / 3.0 / 5.0");
+    }
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(grouped(7), "7");
+        assert_eq!(grouped(1000), "1 000");
+        assert_eq!(grouped(102_004), "102 004");
     }
 
     #[test]

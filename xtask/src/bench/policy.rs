@@ -1,13 +1,13 @@
 //! Generated policies of a chosen size for the bench lab.
 //!
-//! Every policy lets the client workload reach the iperf3 server (`tcp/5201`, `udp/5201`), so the
-//! measured flows are always allowed; what grows is the number of rule entries the kernel holds
+//! Every policy lets the client workload reach the iperf3 server (`tcp/5201`, `udp/5201`) and the
+//! bench's own load server ([`LOAD_PORT`], TCP and UDP), so the measured flows are always allowed; what grows is the number of rule entries the kernel holds
 //! besides them: `peers` remote /32 peers in 172.16.0.0/12, each allowed on `ports` TCP ports.
 //! The ports are spaced two apart because the compiler merges adjacent ports into one
 //! prefix-aligned entry, and the point is to make the map big, so each one costs an entry of its
 //! own and the rule map holds `peers × ports` entries plus the two of iperf3.
 
-use std::{fmt::Write as _, fs, path::Path, process::Command};
+use std::{fmt::Write as _, fs, net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -22,10 +22,31 @@ pub struct Size {
     pub ports: u32,
 }
 
-impl Size {}
+impl Size {
+    /// The entries the peers' rules need: one per peer and port.
+    #[must_use]
+    pub const fn entries(self) -> u32 {
+        self.peers * self.ports
+    }
+}
 
-/// First port of the peers' rules: far from iperf3's 5201.
+/// The port of the bench's load server (TCP and UDP).
+pub const LOAD_PORT: u16 = 5301;
+
+/// First port of the peers' rules: far from iperf3's 5201 and the load's 5301.
 const FIRST_PORT: u32 = 10_000;
+
+/// The address of peer `i`: 172.16.0.0/12 holds 2^20 addresses, the bench uses far fewer.
+#[must_use]
+pub fn peer_address(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0xAC10_0000_u32 + i + 1)
+}
+
+/// The `j`-th TCP port allowed to every peer.
+#[must_use]
+pub fn peer_port(j: u32) -> u32 {
+    FIRST_PORT + 2 * j
+}
 
 /// Writes the policy of `size` into `dir` (created), as three files the way an operator would
 /// split them: settings, inventory, rules.
@@ -70,17 +91,20 @@ ports = ["tcp/5201", "udp/5201"]
 description = "the measured flows: iperf3's control connection and its TCP or UDP stream"
 "#,
     );
+    let _ = write!(
+        rules,
+        "\n[[allow]]\nname = \"load\"\nfrom = \"clients\"\nto = \"servers\"\nports = [\"tcp/{LOAD_PORT}\", \"udp/{LOAD_PORT}\"]\ndescription = \"the bench's new connections and datagrams\"\n"
+    );
     let ports: Vec<String> = (0..size.ports)
-        .map(|i| format!("\"tcp/{}\"", FIRST_PORT + 2 * i))
+        .map(|j| format!("\"tcp/{}\"", peer_port(j)))
         .collect();
     let ports = ports.join(", ");
     for i in 0..size.peers {
-        // 172.16.0.0/12 holds 2^20 addresses; the bench uses far fewer. Writing to a String
-        // cannot fail.
-        let [_, b, c, d] = (0xAC10_0000_u32 + i + 1).to_be_bytes();
+        // Writing to a String cannot fail.
         let _ = write!(
             inventory,
-            "\n[[peer]]\nname = \"peer-{i}\"\ncidrs = [\"172.{b}.{c}.{d}/32\"]\nlabels = {{ peer = \"p{i}\" }}\n"
+            "\n[[peer]]\nname = \"peer-{i}\"\ncidrs = [\"{}/32\"]\nlabels = {{ peer = \"p{i}\" }}\n",
+            peer_address(i)
         );
         let _ = write!(
             rules,
