@@ -338,3 +338,59 @@ fn drift_made_with_bpftool_is_repaired_and_counted() {
         lab.daemon().stderr()
     );
 }
+
+/// A policy of `RULE_PORTS` ports from web to the world, each port set unique to `version`. The
+/// ports are two apart: the compiler merges adjacent ones into one entry.
+fn wide_policy(version: u16) -> String {
+    let ports: Vec<String> = (0..RULE_PORTS)
+        .map(|i| format!("\"tcp/{}\"", wide_port(version, i)))
+        .collect();
+    format!(
+        "{BASE}\n[[allow]]\nname = \"web-out\"\nfrom = \"web-seg\"\nto = \"@world\"\nports = [{}]\n",
+        ports.join(", ")
+    )
+}
+
+fn wide_port(version: u16, i: u16) -> u16 {
+    2000 + 2 * (version * RULE_PORTS + i)
+}
+
+/// With `--max-rules 64` one policy may use 32 entries; 18 ports and the lab's own dozen entries
+/// fill most of that, so three policies at once do not fit.
+const RULE_PORTS: u16 = 18;
+
+/// Both slots share the rule map, sized for two full policies: a slot replaced wholesale must give
+/// up its stale entries before it takes the new ones, or the second replacement finds the map
+/// full.
+#[test]
+fn a_policy_near_capacity_replaced_wholesale_again_and_again_still_fits() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::builder()
+        .workload("web")
+        .policy("main.toml", &wide_policy(0))
+        .no_daemon()
+        .start();
+    let daemon = enforcer_tests::Daemon::start(&enforcer_tests::DaemonArgs {
+        extra: &["--max-rules", "64"],
+        ..lab.daemon_args()
+    });
+    let server = lab.server4();
+    for version in 1..=4 {
+        lab.policy_dir().write("main.toml", &wide_policy(version));
+        let output = reload(&lab);
+        assert!(
+            output.status.success(),
+            "replacement {version}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            daemon.stderr()
+        );
+        lab.probe("web")
+            .tcp_connect(server, wide_port(version, 0))
+            .assert_errno("ECONNREFUSED");
+        lab.probe("web")
+            .tcp_connect(server, wide_port(version - 1, 0))
+            .assert_denied();
+    }
+}

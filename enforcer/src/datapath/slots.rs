@@ -229,12 +229,7 @@ impl<D: Datapath> PolicySlots<D> {
         want.set_cgroups(&fitting);
         let (put, delete) = diff(&self.intended[slot as usize], &want);
         let counts = (put.len(), delete.len());
-        for (key, value) in put {
-            self.store.put(slot, key, value)?;
-        }
-        for key in delete {
-            self.store.delete(slot, key)?;
-        }
+        write_entries(&mut self.store, slot, put, delete)?;
         self.intended[slot as usize] = want;
         if unwritten > 0 {
             return Err(DatapathError::Full {
@@ -268,14 +263,14 @@ impl<D: Datapath> PolicySlots<D> {
                 repairs.configs += 1;
             }
             let (put, delete) = diff(current, want);
-            for (key, value) in put {
-                self.store.put(slot, key, value)?;
+            for key in delete
+                .iter()
+                .copied()
+                .chain(put.iter().map(|(key, _)| *key))
+            {
                 *repairs.entries.entry(key.map()).or_default() += 1;
             }
-            for key in delete {
-                self.store.delete(slot, key)?;
-                *repairs.entries.entry(key.map()).or_default() += 1;
-            }
+            write_entries(&mut self.store, slot, put, delete)?;
         }
         Ok(repairs)
     }
@@ -314,12 +309,7 @@ impl<D: Datapath> PolicySlots<D> {
     ) -> Result<usize, DatapathError> {
         let (put, delete) = diff(current, want);
         let written = put.len() + delete.len();
-        for (key, value) in put {
-            self.store.put(slot, key, value)?;
-        }
-        for key in delete {
-            self.store.delete(slot, key)?;
-        }
+        write_entries(&mut self.store, slot, put, delete)?;
         if current.config != want.config {
             self.store.set_config(slot, want.config)?;
         }
@@ -350,4 +340,21 @@ impl<D: Datapath> PolicySlots<D> {
             next => next,
         }
     }
+}
+
+/// Writes one slot's diff, deletions first: both slots share each kernel map, sized for two full
+/// slots, so a slot replaced wholesale must give up its stale entries before it takes new ones.
+fn write_entries<D: Datapath>(
+    store: &mut D,
+    slot: u32,
+    put: Vec<(&EntryKey, &EntryValue)>,
+    delete: Vec<&EntryKey>,
+) -> Result<(), DatapathError> {
+    for key in delete {
+        store.delete(slot, key)?;
+    }
+    for (key, value) in put {
+        store.put(slot, key, value)?;
+    }
+    Ok(())
 }
