@@ -26,8 +26,13 @@ pub mod maps {
     pub const ADDR_CIDR: &str = "ADDR_CIDR";
     /// `HashMap<IdentityKey, IdentityInfo>`: segment membership and mode of each identity.
     pub const IDENTITY_INFO: &str = "IDENTITY_INFO";
-    /// `LpmTrie<RuleLpmData, RuleValue>`: resolved verdicts per identity pair, protocol and port block.
+    /// `LpmTrie<RuleLpmData, RuleValue>`: resolved verdicts per identity pair, protocol and port
+    /// block, for blocks of more than one port.
     pub const RULES: &str = "RULES";
+    /// `HashMap<RuleLpmData, RuleValue>`: the resolved verdicts of single ports, the longest
+    /// prefix there is, so a hit here is what [`RULES`] would answer. A hash costs a fraction of
+    /// a trie to look up and to write, and most rules name single ports.
+    pub const RULES_EXACT: &str = "RULES_EXACT";
     /// `PerCpuArray<u64>` indexed by [`counter`](crate::counter).
     pub const COUNTERS: &str = "COUNTERS";
     /// `RingBuf` of [`FlowEvent`](crate::FlowEvent).
@@ -68,7 +73,7 @@ pub mod maps {
 
     /// Every map, as pinned under an instance's bpffs directory so that a restarted daemon
     /// adopts them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ACTIVE_SLOT,
         SLOT_CONFIG,
         CGROUP_IDENTITY,
@@ -76,6 +81,7 @@ pub mod maps {
         ADDR_CIDR,
         IDENTITY_INFO,
         RULES,
+        RULES_EXACT,
         COUNTERS,
         EVENTS,
         LISTENERS,
@@ -94,7 +100,7 @@ pub mod maps {
 /// a later daemon only when it was built for the same version (and the same sizes); bump it on any
 /// change to a map or to a type stored in one, so that a new daemon puts fresh maps beside the
 /// old ones instead of misreading them.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
 /// half-way.
@@ -478,6 +484,13 @@ pub struct RuleLpmData {
 
 /// Prefix bits of [`RuleLpmData`] that precede the port.
 pub const RULE_LPM_FIXED_BITS: u32 = 112;
+
+/// Prefix bits of a rule for one port: it lives in [`RULES_EXACT`](maps::RULES_EXACT).
+pub const RULE_EXACT_BITS: u32 = RULE_LPM_FIXED_BITS + 16;
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are written, so a map sized for the
+/// largest policy costs memory only for the policy it holds.
+pub const MAP_NO_PREALLOC: u32 = 1;
 
 /// Value of [`RULES`](maps::RULES): a verdict already resolved in user space (deny over allow,
 /// failsafe over both), so the kernel needs one lookup.

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     AddrKey, AddrLpmData, AddrValue, ArrivedKey, CgroupKey, CgroupLabel, FlowKey, FlowState,
-    IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, RuleLpmData, RuleValue,
-    Runtime, SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
+    IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, MAP_NO_PREALLOC,
+    RuleLpmData, RuleValue, Runtime, SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
 };
 
 #[map]
@@ -36,6 +36,10 @@ pub(crate) static IDENTITY_INFO: HashMap<IdentityKey, IdentityInfo> =
 #[map]
 pub(crate) static RULES: LpmTrie<RuleLpmData, RuleValue> =
     LpmTrie::with_max_entries(capacity::RULES, 0);
+
+#[map]
+pub(crate) static RULES_EXACT: HashMap<RuleLpmData, RuleValue> =
+    HashMap::with_max_entries(capacity::RULES, MAP_NO_PREALLOC);
 
 /// A plain hash, not an LRU: an entry evicted quietly would make its listener resolve to someone
 /// else. A full map is counted and the packet layer judges what the fast path cannot resolve.

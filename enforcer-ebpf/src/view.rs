@@ -3,10 +3,12 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
     ADDR_LPM_SLOT_BITS, AddrKey, AddrLpmData, AddrValue, IdentityInfo, IdentityKey,
-    RULE_LPM_FIXED_BITS, RuleLpmData, RuleValue, SlotConfig, counter, decide::PolicyView,
+    RULE_EXACT_BITS, RuleLpmData, RuleValue, SlotConfig, counter, decide::PolicyView,
 };
 
-use crate::maps::{ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, IDENTITY_INFO, RULES, SLOT_CONFIG, count};
+use crate::maps::{
+    ACTIVE_SLOT, ADDR_CIDR, ADDR_EXACT, IDENTITY_INFO, RULES, RULES_EXACT, SLOT_CONFIG, count,
+};
 
 /// The policy in force: the active slot and its config, read once per decision so that a flip
 /// in between can never mix two policies.
@@ -58,18 +60,20 @@ impl PolicyView for MapView {
 
     #[inline(always)]
     fn rule(&self, src: u32, dst: u32, protocol: u8, port: u16) -> Option<RuleValue> {
-        let key = Key::new(
-            RULE_LPM_FIXED_BITS + 16,
-            RuleLpmData {
-                slot: self.slot,
-                src_identity: src,
-                dst_identity: dst,
-                protocol,
-                _pad: 0,
-                port_be: port.to_be(),
-            },
-        );
-        RULES.get(&key).copied()
+        let data = RuleLpmData {
+            slot: self.slot,
+            src_identity: src,
+            dst_identity: dst,
+            protocol,
+            _pad: 0,
+            port_be: port.to_be(),
+        };
+        // A single port is the longest prefix: found here, it is what the trie would answer.
+        // SAFETY: as in `addr_exact`.
+        if let Some(value) = unsafe { RULES_EXACT.get(data) } {
+            return Some(*value);
+        }
+        RULES.get(Key::new(RULE_EXACT_BITS, data)).copied()
     }
 
     #[inline(always)]

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::{
-    ADDR_LPM_SLOT_BITS, AddrValue, CgroupLabel, IdentityInfo, RULE_LPM_FIXED_BITS, RuleLpmData,
-    RuleValue, SlotConfig,
+    ADDR_LPM_SLOT_BITS, AddrValue, CgroupLabel, IdentityInfo, RULE_EXACT_BITS, RULE_LPM_FIXED_BITS,
+    RuleLpmData, RuleValue, SlotConfig,
 };
 
 use crate::compile::DesiredState;
@@ -36,6 +36,18 @@ pub enum EntryValue {
 }
 
 impl EntryKey {
+    /// Whether the entry lives in a hash map, where a lookup finds this very key. In a prefix
+    /// map a lookup finds the longest prefix covering the key's first address, which may be
+    /// another entry.
+    #[must_use]
+    pub const fn is_exact(&self) -> bool {
+        match self {
+            Self::Rule { bits, .. } => *bits == RULE_EXACT_BITS,
+            Self::AddrCidr { .. } => false,
+            Self::Identity(_) | Self::AddrExact(_) | Self::Cgroup(_) => true,
+        }
+    }
+
     /// The map the entry lives in.
     #[must_use]
     pub const fn map(&self) -> &'static str {
@@ -44,6 +56,7 @@ impl EntryKey {
             Self::Identity(_) => maps::IDENTITY_INFO,
             Self::AddrExact(_) => maps::ADDR_EXACT,
             Self::AddrCidr { .. } => maps::ADDR_CIDR,
+            Self::Rule { bits, .. } if *bits == RULE_EXACT_BITS => maps::RULES_EXACT,
             Self::Rule { .. } => maps::RULES,
             Self::Cgroup(_) => maps::CGROUP_IDENTITY,
         }

@@ -10,7 +10,8 @@ use aya::maps::{
 };
 use enforcer_common::{
     AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo, IdentityKey,
-    LocalAddrKey, RuleLpmData, RuleValue, Runtime, SlotConfig, capacity, counter, maps as names,
+    LocalAddrKey, RULE_EXACT_BITS, RuleLpmData, RuleValue, Runtime, SlotConfig, capacity, counter,
+    maps as names,
 };
 
 use super::{
@@ -50,6 +51,7 @@ pub struct KernelMaps {
     addr_cidr: LpmTrie<MapData, AddrLpmData, AddrValue>,
     identity_info: HashMap<MapData, IdentityKey, IdentityInfo>,
     rules: LpmTrie<MapData, RuleLpmData, RuleValue>,
+    rules_exact: HashMap<MapData, RuleLpmData, RuleValue>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -69,6 +71,7 @@ impl KernelMaps {
             addr_cidr: take(ebpf, names::ADDR_CIDR)?,
             identity_info: take(ebpf, names::IDENTITY_INFO)?,
             rules: take(ebpf, names::RULES)?,
+            rules_exact: take(ebpf, names::RULES_EXACT)?,
             counters: take(ebpf, names::COUNTERS)?,
         })
     }
@@ -148,6 +151,14 @@ impl Datapath for KernelMaps {
             };
             put(data.slot, entry, EntryValue::Rule(value));
         }
+        for item in self.rules_exact.iter() {
+            let (data, value) = item.map_err(map_error(names::RULES_EXACT))?;
+            let entry = EntryKey::Rule {
+                bits: RULE_EXACT_BITS,
+                data: RuleLpmData { slot: 0, ..data },
+            };
+            put(data.slot, entry, EntryValue::Rule(value));
+        }
         for item in self.cgroup_identity.iter() {
             let (key, label) = item.map_err(map_error(names::CGROUP_IDENTITY))?;
             put(
@@ -178,6 +189,10 @@ impl Datapath for KernelMaps {
                 self.addr_cidr
                     .insert(&Key::new(bits, AddrLpmData { slot, addr }), value, 0)
             }
+            (EntryKey::Rule { bits, data }, EntryValue::Rule(value)) if bits == RULE_EXACT_BITS => {
+                self.rules_exact
+                    .insert(RuleLpmData { slot, ..data }, value, 0)
+            }
             (EntryKey::Rule { bits, data }, EntryValue::Rule(value)) => {
                 self.rules
                     .insert(&Key::new(bits, RuleLpmData { slot, ..data }), value, 0)
@@ -195,6 +210,48 @@ impl Datapath for KernelMaps {
         result.map_err(map_error(map))
     }
 
+    fn get(&self, slot: u32, key: &EntryKey) -> Result<Option<EntryValue>, DatapathError> {
+        let map = key.map();
+        let value = match *key {
+            EntryKey::Identity(identity) => self
+                .identity_info
+                .get(&IdentityKey { slot, identity }, 0)
+                .map(EntryValue::Identity),
+            EntryKey::AddrExact(addr) => self
+                .addr_exact
+                .get(&AddrKey { slot, addr }, 0)
+                .map(EntryValue::Addr),
+            EntryKey::AddrCidr { bits, addr } => self
+                .addr_cidr
+                .get(&Key::new(bits, AddrLpmData { slot, addr }), 0)
+                .map(EntryValue::Addr),
+            EntryKey::Rule { bits, data } if bits == RULE_EXACT_BITS => self
+                .rules_exact
+                .get(&RuleLpmData { slot, ..data }, 0)
+                .map(EntryValue::Rule),
+            EntryKey::Rule { bits, data } => self
+                .rules
+                .get(&Key::new(bits, RuleLpmData { slot, ..data }), 0)
+                .map(EntryValue::Rule),
+            EntryKey::Cgroup(cgroup_id) => self
+                .cgroup_identity
+                .get(
+                    &CgroupKey {
+                        cgroup_id,
+                        slot,
+                        _pad: 0,
+                    },
+                    0,
+                )
+                .map(EntryValue::Cgroup),
+        };
+        match value {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map { map, source }),
+        }
+    }
+
     fn delete(&mut self, slot: u32, key: &EntryKey) -> Result<(), DatapathError> {
         let map = key.map();
         let result = match *key {
@@ -205,6 +262,9 @@ impl Datapath for KernelMaps {
             EntryKey::AddrCidr { bits, addr } => self
                 .addr_cidr
                 .remove(&Key::new(bits, AddrLpmData { slot, addr })),
+            EntryKey::Rule { bits, data } if bits == RULE_EXACT_BITS => {
+                self.rules_exact.remove(&RuleLpmData { slot, ..data })
+            }
             EntryKey::Rule { bits, data } => self
                 .rules
                 .remove(&Key::new(bits, RuleLpmData { slot, ..data })),

@@ -17,6 +17,9 @@ pub struct MemoryDatapath {
     /// Puts left before every further put fails as a full map would: a write that breaks off
     /// half-way. `None`: no limit.
     pub puts_left: Option<usize>,
+    /// Puts that report success but store nothing (a write gone astray), before puts store
+    /// again.
+    pub puts_lost: usize,
 }
 
 impl MemoryDatapath {
@@ -56,8 +59,16 @@ impl Datapath for MemoryDatapath {
             }
             *left -= 1;
         }
+        if self.puts_lost > 0 {
+            self.puts_lost -= 1;
+            return Ok(());
+        }
         self.slot_mut(slot).entries.insert(*key, *value);
         Ok(())
+    }
+
+    fn get(&self, slot: u32, key: &EntryKey) -> Result<Option<EntryValue>, DatapathError> {
+        Ok(self.slots[slot as usize & 1].entries.get(key).copied())
     }
 
     fn delete(&mut self, slot: u32, key: &EntryKey) -> Result<(), DatapathError> {

@@ -152,7 +152,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The sizes that make up the map layout (see [`layout_name`]).
-    fn sizes(&self) -> [(&'static str, u32); 7] {
+    fn sizes(&self) -> [(&'static str, u32); 8] {
         [
             (names::EVENTS, self.event_buffer_bytes),
             (names::CGROUP_IDENTITY, self.cgroup_entries),
@@ -161,6 +161,7 @@ impl LoadOptions {
             (names::ADDR_CIDR, self.limits.addr_cidr),
             (names::IDENTITY_INFO, self.limits.identities),
             (names::RULES, self.limits.rules),
+            (names::RULES_EXACT, self.limits.rules),
         ]
     }
 }

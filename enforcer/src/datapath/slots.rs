@@ -1,8 +1,8 @@
 //! The two policy slots and how a policy moves through them, over any [`Datapath`]: the kernel's
 //! maps or [`MemoryDatapath`](super::MemoryDatapath).
 //!
-//! A new policy is written by diff into the standby slot, read back and compared, and only then
-//! made active by one store to `ACTIVE_SLOT`. The slot that was active stays intact as the
+//! A new policy is written by diff into the standby slot, what was written is read back and
+//! compared, and only then is the slot made active by one store to `ACTIVE_SLOT`. The slot that was active stays intact as the
 //! last-known-good policy: [`PolicySlots::rollback`] flips back to it. So no decision ever sees a
 //! mix of two policies, an emptied slot, or a half-written one.
 //!
@@ -53,6 +53,13 @@ pub trait Datapath {
     /// # Errors
     /// When the store refuses it (full, say).
     fn put(&mut self, slot: u32, key: &EntryKey, value: &EntryValue) -> Result<(), DatapathError>;
+    /// The value of one entry, `None` when it is absent. Only meaningful for an
+    /// [exact](EntryKey::is_exact) key: in a prefix map the lookup finds the longest prefix
+    /// covering the key's first address.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn get(&self, slot: u32, key: &EntryKey) -> Result<Option<EntryValue>, DatapathError>;
     /// Removes one entry; an entry already gone is not an error.
     ///
     /// # Errors
@@ -153,9 +160,10 @@ impl<D: Datapath> PolicySlots<D> {
     }
 
     /// Makes `state`, with `cgroups` labelled, the policy in force, as a new generation: the
-    /// standby slot is brought to it by diff, read back and compared, and then made active; the
-    /// slot that was active is kept as it is, for rollback. Writing by diff against the standby
-    /// slot means a policy that alternates with the one before costs no writes at all.
+    /// standby slot is brought to it by diff, what was written is read back and compared, and
+    /// then the slot is made active; the slot that was active is kept as it is, for rollback.
+    /// Writing by diff against the standby slot means a policy that alternates with the one
+    /// before costs no writes at all, and the cost of an apply follows the size of the change.
     ///
     /// # Errors
     /// When a write fails or the read-back differs; the policy in force is then unchanged, and the
@@ -169,7 +177,7 @@ impl<D: Datapath> PolicySlots<D> {
         let mut want = SlotImage::new(state, &fitting);
         want.config.generation = self.next_generation();
         let target = self.standby();
-        let written = match self.write_verified(target, &want) {
+        let written = match self.write_checked(target, &want) {
             Ok(written) => written,
             Err(error) => {
                 // Best effort: the slot keeps what it held before (the policy before last), so
@@ -229,7 +237,7 @@ impl<D: Datapath> PolicySlots<D> {
         want.set_cgroups(&fitting);
         let (put, delete) = diff(&self.intended[slot as usize], &want);
         let counts = (put.len(), delete.len());
-        write_entries(&mut self.store, slot, put, delete)?;
+        write_entries(&mut self.store, slot, &put, &delete)?;
         self.intended[slot as usize] = want;
         if unwritten > 0 {
             return Err(DatapathError::Full {
@@ -270,15 +278,16 @@ impl<D: Datapath> PolicySlots<D> {
             {
                 *repairs.entries.entry(key.map()).or_default() += 1;
             }
-            write_entries(&mut self.store, slot, put, delete)?;
+            write_entries(&mut self.store, slot, &put, &delete)?;
         }
         Ok(repairs)
     }
 
-    /// Brings `slot` to `want` by diff against what it is meant to hold, then reads it back and
-    /// compares; a difference (a write that went astray, drift since the last reconcile) is
+    /// Brings `slot` to `want` by diff against what it is meant to hold, then reads it back whole
+    /// and compares; a difference (a write that went astray, drift since the last reconcile) is
     /// written again from what was read, and read back once more. Returns how many entries were
-    /// written or deleted.
+    /// written or deleted. For a rollback, and for the restore after a failed apply, where what
+    /// the slot holds is not what it was meant to.
     fn write_verified(&mut self, slot: u32, want: &SlotImage) -> Result<usize, DatapathError> {
         // Taken out for the diff rather than cloned: at 100k entries a copy is megabytes.
         let believed = std::mem::take(&mut self.intended[slot as usize]);
@@ -301,6 +310,65 @@ impl<D: Datapath> PolicySlots<D> {
         Ok(written)
     }
 
+    /// Brings `slot` to `want` by diff against what it is meant to hold, then reads back every
+    /// entry put in a hash map and compares; one that reads differently is put again and read
+    /// once more. Returns how many entries were written or deleted. (A prefix map cannot be
+    /// read back key by key; its writes rest on the kernel's answer to each.)
+    ///
+    /// Only what was written is read back, so that an apply costs what the change costs: reading
+    /// both slots whole is two system calls per entry of the largest maps (at 10 000 rules, most
+    /// of an apply). Drift elsewhere in the slot (a write made behind the daemon's back) is the
+    /// periodic reconcile's to find, which compares both slots whole, as a rollback does.
+    fn write_checked(&mut self, slot: u32, want: &SlotImage) -> Result<usize, DatapathError> {
+        // Taken out for the diff rather than cloned: at 100k entries a copy is megabytes.
+        let believed = std::mem::take(&mut self.intended[slot as usize]);
+        let result = self.write_and_check(slot, &believed, want);
+        self.intended[slot as usize] = believed;
+        result
+    }
+
+    fn write_and_check(
+        &mut self,
+        slot: u32,
+        current: &SlotImage,
+        want: &SlotImage,
+    ) -> Result<usize, DatapathError> {
+        let (put, delete) = diff(current, want);
+        let written = put.len() + delete.len();
+        write_entries(&mut self.store, slot, &put, &delete)?;
+        if current.config != want.config {
+            self.store.set_config(slot, want.config)?;
+        }
+        let astray = self.misread(slot, &put)?;
+        if !astray.is_empty() {
+            write_entries(&mut self.store, slot, &astray, &[])?;
+            let still = self.misread(slot, &astray)?;
+            if !still.is_empty() {
+                return Err(DatapathError::Verify {
+                    slot,
+                    wrong: still.len(),
+                    unexpected: 0,
+                });
+            }
+        }
+        Ok(written)
+    }
+
+    /// The entries of `put` that `slot` does not hold as they should be.
+    fn misread<'a>(
+        &self,
+        slot: u32,
+        put: &[(&'a EntryKey, &'a EntryValue)],
+    ) -> Result<Vec<(&'a EntryKey, &'a EntryValue)>, DatapathError> {
+        let mut wrong = Vec::new();
+        for &(key, value) in put.iter().filter(|(key, _)| key.is_exact()) {
+            if self.store.get(slot, key)?.as_ref() != Some(value) {
+                wrong.push((key, value));
+            }
+        }
+        Ok(wrong)
+    }
+
     fn write_diff(
         &mut self,
         slot: u32,
@@ -309,7 +377,7 @@ impl<D: Datapath> PolicySlots<D> {
     ) -> Result<usize, DatapathError> {
         let (put, delete) = diff(current, want);
         let written = put.len() + delete.len();
-        write_entries(&mut self.store, slot, put, delete)?;
+        write_entries(&mut self.store, slot, &put, &delete)?;
         if current.config != want.config {
             self.store.set_config(slot, want.config)?;
         }
@@ -347,8 +415,8 @@ impl<D: Datapath> PolicySlots<D> {
 fn write_entries<D: Datapath>(
     store: &mut D,
     slot: u32,
-    put: Vec<(&EntryKey, &EntryValue)>,
-    delete: Vec<&EntryKey>,
+    put: &[(&EntryKey, &EntryValue)],
+    delete: &[&EntryKey],
 ) -> Result<(), DatapathError> {
     for key in delete {
         store.delete(slot, key)?;

@@ -263,3 +263,31 @@ fn drift_is_repaired_and_counted() {
     assert_eq!(in_force(&slots), want);
     assert_eq!(slots.reconcile().expect("reconcile").total(), 0);
 }
+
+#[test]
+fn a_write_gone_astray_is_read_back_and_written_again() {
+    let mut slots = slots();
+    let cgroups = labels(&[(10, 256)]);
+    slots.apply(&allow_db(), &cgroups).expect("apply");
+    slots.store_mut_for_tests().puts_lost = 1;
+    slots.apply(&allow_web(), &cgroups).expect("apply");
+    assert_eq!(slots.store().puts_lost, 0, "the lost put was made");
+    assert_eq!(
+        in_force(&slots).entries,
+        SlotImage::new(&allow_web(), &cgroups).entries
+    );
+}
+
+#[test]
+fn writes_that_never_land_refuse_the_apply_and_keep_the_policy_in_force() {
+    let mut slots = slots();
+    let cgroups = labels(&[(10, 256)]);
+    slots.apply(&allow_db(), &cgroups).expect("apply");
+    let before = in_force(&slots);
+    slots.store_mut_for_tests().puts_lost = usize::MAX;
+    let error = slots
+        .apply(&allow_web(), &cgroups)
+        .expect_err("nothing lands");
+    assert!(matches!(error, DatapathError::Verify { .. }), "{error}");
+    assert_eq!(in_force(&slots), before);
+}
