@@ -9,15 +9,20 @@
 //! from the [`Bench`] to a [`Section`] of the document; the document is regenerated whole from the
 //! list of sections.
 
+mod apply;
+mod churn;
 mod connect;
 mod established;
+mod events;
 pub mod firewall;
+mod footprint;
 pub mod load;
 pub mod plot;
 pub mod policy;
+mod programs;
+mod stats;
 
 use std::{
-    collections::BTreeMap,
     env, fs,
     path::{Path, PathBuf},
     process::Command,
@@ -28,7 +33,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use self::policy::LOAD_PORT;
+use self::{policy::LOAD_PORT, programs::BpfStats};
+pub use self::{
+    programs::{ProgCounters, program_cost, programs_of},
+    stats::{Spread, Table, fixed, grouped, median},
+};
 use crate::{
     command, exec,
     lab::{Lab, catch_interrupt, check_interrupt},
@@ -47,6 +56,8 @@ pub const SERVER6: &str = "fd00:77::2";
 pub struct Settings {
     pub rounds: usize,
     pub secs: u64,
+    /// Samples of measures that take one figure per action (a policy applied, a cgroup made).
+    pub samples: usize,
 }
 
 /// Runs the bench and writes `docs/benchmarks.md`.
@@ -82,9 +93,17 @@ pub fn run(workspace: &Path, quick: bool, only: &[String]) -> anyhow::Result<()>
     let enforcer = target_dir(workspace).join("release/enforcer");
     catch_interrupt();
     let settings = if quick {
-        Settings { rounds: 1, secs: 2 }
+        Settings {
+            rounds: 1,
+            secs: 2,
+            samples: 3,
+        }
     } else {
-        Settings { rounds: 3, secs: 5 }
+        Settings {
+            rounds: 3,
+            secs: 5,
+            samples: 10,
+        }
     };
     let machine = machine();
     // Enabled for the whole run so every contender pays the same (small) timing overhead.
@@ -130,6 +149,22 @@ const MEASURES: &[Measure] = &[
     Measure {
         name: "established",
         run: established::run,
+    },
+    Measure {
+        name: "apply",
+        run: apply::run,
+    },
+    Measure {
+        name: "events",
+        run: events::run,
+    },
+    Measure {
+        name: "footprint",
+        run: footprint::run,
+    },
+    Measure {
+        name: "churn",
+        run: churn::run,
     },
 ];
 
@@ -217,6 +252,11 @@ pub struct Daemon {
     pub log: PathBuf,
     /// From the spawn to the ready file.
     pub ready: Duration,
+    /// The instance's pins and state, for `enforcer reload` and `status`.
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    /// Its JSON event sink.
+    pub events: PathBuf,
 }
 
 impl Bench {
@@ -310,6 +350,8 @@ impl Bench {
         let log = self.scratch(&format!("enforcer-{k}.log"));
         let bpffs = self.scratch(&format!("bpffs-{k}"));
         self.mounts.0.push(bpffs.clone());
+        let state_dir = self.scratch(&format!("state-{k}"));
+        let events = self.scratch(&format!("events-{k}.jsonl"));
         let started = Instant::now();
         let pid = self.lab.spawn(
             &name,
@@ -320,14 +362,14 @@ impl Bench {
                 .args(["--node", NODE, "--cgroup-root"])
                 .arg(&self.lab.cgroup_root)
                 .arg("--events")
-                .arg(self.scratch("events.jsonl"))
+                .arg(&events)
                 .arg("--ready-file")
                 .arg(&ready_file)
                 // An instance of its own, gone with it: nothing stays pinned on this machine.
                 .arg("--bpffs")
                 .arg(&bpffs)
                 .arg("--state-dir")
-                .arg(self.scratch(&format!("state-{k}")))
+                .arg(&state_dir)
                 .arg("--netns")
                 .arg(format!("/run/netns/{}", self.client_ns))
                 .args(["--on-exit", "detach"]),
@@ -347,6 +389,9 @@ impl Bench {
             pid,
             log,
             ready: started.elapsed(),
+            bpffs,
+            state_dir,
+            events,
         })
     }
 
@@ -359,6 +404,36 @@ impl Bench {
             format!(
                 "stopping the daemon; its log:\n{}",
                 fs::read_to_string(&daemon.log).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Runs `enforcer VERB` (`reload`, `status`, ...) against the running `daemon` and returns
+    /// its JSON answer.
+    ///
+    /// # Errors
+    /// When the command fails or does not answer JSON.
+    pub fn control(&self, daemon: &Daemon, verb: &str) -> anyhow::Result<Value> {
+        let out = Command::new(&self.enforcer)
+            .arg(verb)
+            .arg("--bpffs")
+            .arg(&daemon.bpffs)
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .output()
+            .with_context(|| format!("running enforcer {verb}"))?;
+        if !out.status.success() {
+            bail!(
+                "enforcer {verb} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "enforcer {verb} answered: {}",
+                String::from_utf8_lossy(&out.stdout)
             )
         })
     }
@@ -385,6 +460,14 @@ impl Bench {
     /// # Errors
     /// When the client fails or its report is not the JSON expected.
     pub fn load(&self, kind: &str, secs: f64) -> anyhow::Result<LoadReport> {
+        self.load_at(kind, LOAD_PORT, secs)
+    }
+
+    /// [`Bench::load`] against `port` of the server (one the policy denies, say).
+    ///
+    /// # Errors
+    /// When the client fails or its report is not the JSON expected.
+    pub fn load_at(&self, kind: &str, port: u16, secs: f64) -> anyhow::Result<LoadReport> {
         check_interrupt()?;
         let program = env::current_exe().context("finding this program")?;
         let out = self
@@ -393,7 +476,7 @@ impl Bench {
                 &[
                     "bench-load",
                     kind,
-                    &format!("{SERVER}:{LOAD_PORT}"),
+                    &format!("{SERVER}:{port}"),
                     &secs.to_string(),
                 ],
             )
@@ -539,275 +622,4 @@ pub fn interleaved<C, R>(
         }
     }
     Ok(results)
-}
-
-/// Min, median and max of a measure over the rounds.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Spread {
-    pub min: f64,
-    pub median: f64,
-    pub max: f64,
-}
-
-impl Spread {
-    /// `None` for no samples.
-    #[must_use]
-    pub fn of(samples: &[f64]) -> Option<Self> {
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        Some(Self {
-            min: *sorted.first()?,
-            median: median(&sorted)?,
-            max: *sorted.last()?,
-        })
-    }
-
-    /// `min / median / max` with `decimals` digits.
-    #[must_use]
-    pub fn show(&self, decimals: usize) -> String {
-        format!(
-            "{:.decimals$} / {:.decimals$} / {:.decimals$}",
-            self.min, self.median, self.max
-        )
-    }
-}
-
-/// The median of `samples` (the mean of the middle two for an even count).
-#[must_use]
-pub fn median(samples: &[f64]) -> Option<f64> {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    match sorted.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(sorted[mid]),
-        _ => Some(f64::midpoint(sorted[mid - 1], sorted[mid])),
-    }
-}
-
-/// The median of `samples` with `decimals` digits, `–` for none.
-pub fn fixed(samples: &[f64], decimals: usize) -> String {
-    median(samples).map_or_else(|| "–".into(), |m| format!("{m:.decimals$}"))
-}
-
-/// `102004` → `102 004`.
-pub fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A markdown table; its text reads as a table on a terminal too (the columns are padded).
-pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    #[must_use]
-    pub fn new(headers: &[&str]) -> Self {
-        Self {
-            headers: headers.iter().map(|&h| h.to_owned()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    #[must_use]
-    pub fn markdown(&self) -> String {
-        let width = |col: usize| {
-            std::iter::once(&self.headers)
-                .chain(&self.rows)
-                .filter_map(|row| row.get(col))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(3)
-        };
-        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
-        let line = |cells: &[String]| {
-            let padded: Vec<String> = widths
-                .iter()
-                .enumerate()
-                .map(|(i, &w)| {
-                    let cell = cells.get(i).map_or("", String::as_str);
-                    format!(
-                        "{cell}{}",
-                        " ".repeat(w.saturating_sub(cell.chars().count()))
-                    )
-                })
-                .collect();
-            format!("| {} |\n", padded.join(" | "))
-        };
-        let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-        let mut out = line(&self.headers);
-        out.push_str(&line(&rule));
-        for row in &self.rows {
-            out.push_str(&line(row));
-        }
-        out
-    }
-}
-
-/// Turns on the kernel's per-program run time and count (`kernel.bpf_stats_enabled`) and
-/// restores the old value on drop, also after an error.
-struct BpfStats {
-    old: String,
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<Self> {
-        let old = fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
-        fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
-        Ok(Self {
-            old: old.trim().to_owned(),
-        })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, &self.old);
-    }
-}
-
-/// One loaded program's counters.
-#[derive(Clone, Debug)]
-pub struct ProgCounters {
-    /// `bpftool`'s type (`cgroup_skb`, `sched_cls`, ...) and the program's name.
-    pub kind: String,
-    pub name: String,
-    pub run_time_ns: u64,
-    pub run_cnt: u64,
-}
-
-/// The counters of the programs process `pid` holds, by program id. A program is held when
-/// `bpftool -j prog show` lists the process in its `pids` (bpftool built with skeletons), or when
-/// one of the process's descriptors refers to it (`prog_id:` in /proc/PID/fdinfo, which program
-/// and link descriptors both show; Debian's bpftool has no `pids`).
-///
-/// # Errors
-/// When bpftool fails or its output is not the JSON expected.
-pub fn programs_of(pid: u32) -> anyhow::Result<BTreeMap<u64, ProgCounters>> {
-    let text = output(Command::new("bpftool").args(["-j", "prog", "show"]))
-        .context("bpftool -j prog show failed")?;
-    let progs: Vec<Value> = serde_json::from_str(&text).context("parsing bpftool's JSON")?;
-    let held = fd_prog_ids(pid);
-    let holds = |p: &Value| {
-        p["id"].as_u64().is_some_and(|id| held.contains(&id))
-            || p["pids"].as_array().is_some_and(|pids| {
-                pids.iter()
-                    .any(|h| h["pid"].as_u64() == Some(u64::from(pid)))
-            })
-    };
-    Ok(progs
-        .iter()
-        .filter(|p| holds(p))
-        .filter_map(|p| {
-            let counters = ProgCounters {
-                kind: p["type"].as_str().unwrap_or("?").to_owned(),
-                name: p["name"].as_str().unwrap_or("?").to_owned(),
-                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-            };
-            Some((p["id"].as_u64()?, counters))
-        })
-        .collect())
-}
-
-fn fd_prog_ids(pid: u32) -> Vec<u64> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return Vec::new();
-    };
-    fds.filter_map(|fd| fs::read_to_string(fd.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
-        })
-        .collect()
-}
-
-/// What the programs cost between two snapshots, by (type, name), for the programs that ran:
-/// (runs, nanoseconds). Programs of one name (attached to several hooks) are added up.
-#[must_use]
-pub fn program_cost(
-    before: &BTreeMap<u64, ProgCounters>,
-    after: &BTreeMap<u64, ProgCounters>,
-) -> BTreeMap<(String, String), (u64, u64)> {
-    let mut cost: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    for (id, now) in after {
-        let (runs0, ns0) = before
-            .get(id)
-            .map_or((0, 0), |then| (then.run_cnt, then.run_time_ns));
-        let runs = now.run_cnt.saturating_sub(runs0);
-        if runs > 0 {
-            let entry = cost
-                .entry((now.kind.clone(), now.name.clone()))
-                .or_default();
-            entry.0 += runs;
-            entry.1 += now.run_time_ns.saturating_sub(ns0);
-        }
-    }
-    cost
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spreads_and_medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        let spread = Spread::of(&[5.0, 1.0, 3.0]).expect("three samples");
-        assert_eq!(spread.show(1), "1.0 / 3.0 / 5.0");
-    }
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(grouped(7), "7");
-        assert_eq!(grouped(1000), "1 000");
-        assert_eq!(grouped(102_004), "102 004");
-    }
-
-    #[test]
-    fn tables_are_padded_markdown() {
-        let mut table = Table::new(&["a", "long header"]);
-        table.row(vec!["≈ 10".into(), "x".into()]);
-        assert_eq!(
-            table.markdown(),
-            "| a    | long header |\n| ---- | ----------- |\n| ≈ 10 | x           |\n"
-        );
-    }
-
-    #[test]
-    fn costs_only_what_ran() {
-        let prog = |name: &str, runs, ns| ProgCounters {
-            kind: "cgroup_skb".into(),
-            name: name.into(),
-            run_time_ns: ns,
-            run_cnt: runs,
-        };
-        let before = BTreeMap::from([(1, prog("egress", 10, 100)), (2, prog("ingress", 5, 50))]);
-        let after = BTreeMap::from([
-            (1, prog("egress", 30, 500)),
-            (2, prog("ingress", 5, 50)),
-            (3, prog("egress", 1, 10)),
-        ]);
-        let cost = program_cost(&before, &after);
-        assert_eq!(cost.len(), 1);
-        assert_eq!(cost[&("cgroup_skb".into(), "egress".into())], (21, 410));
-    }
 }

@@ -48,12 +48,30 @@ pub fn peer_port(j: u32) -> u32 {
     FIRST_PORT + 2 * j
 }
 
+/// A later version of a generated policy: the last `peers` peers are allowed on other ports
+/// than in every other version, so exactly their `peers × ports` entries change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Change {
+    /// How many peers (from the last) get other ports.
+    pub peers: u32,
+    /// Which version: 0 is the base policy, each other number a port set of its own.
+    pub version: u32,
+}
+
 /// Writes the policy of `size` into `dir` (created), as three files the way an operator would
 /// split them: settings, inventory, rules.
 ///
 /// # Errors
 /// When a file cannot be written.
 pub fn generate(dir: &Path, size: Size) -> anyhow::Result<()> {
+    generate_changed(dir, size, Change::default())
+}
+
+/// Writes version `change` of the policy of `size` into `dir` (see [`generate`]).
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn generate_changed(dir: &Path, size: Size, change: Change) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // No failsafe port: it adds an entry per pair of identities that may reach this node, which
     // would blur the sizes; the lab has no SSH to keep open.
@@ -95,11 +113,22 @@ description = "the measured flows: iperf3's control connection and its TCP or UD
         rules,
         "\n[[allow]]\nname = \"load\"\nfrom = \"clients\"\nto = \"servers\"\nports = [\"tcp/{LOAD_PORT}\", \"udp/{LOAD_PORT}\"]\ndescription = \"the bench's new connections and datagrams\"\n"
     );
-    let ports: Vec<String> = (0..size.ports)
-        .map(|j| format!("\"tcp/{}\"", peer_port(j)))
-        .collect();
-    let ports = ports.join(", ");
+    let ports_of = |version: u32| {
+        // Versions wrap around before the port numbers run out.
+        let versions = (u32::from(u16::MAX) - FIRST_PORT) / (2 * size.ports.max(1));
+        let first = (version % versions) * size.ports;
+        let ports: Vec<String> = (first..first + size.ports)
+            .map(|j| format!("\"tcp/{}\"", peer_port(j)))
+            .collect();
+        ports.join(", ")
+    };
+    let (base, changed) = (ports_of(0), ports_of(change.version));
     for i in 0..size.peers {
+        let ports = if i + change.peers >= size.peers {
+            &changed
+        } else {
+            &base
+        };
         // Writing to a String cannot fail.
         let _ = write!(
             inventory,
@@ -122,12 +151,28 @@ description = "the measured flows: iperf3's control connection and its TCP or UD
     Ok(())
 }
 
+/// What `enforcer check` says the kernel maps will hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    pub entries: u64,
+    pub identities: u64,
+}
+
 /// Runs `enforcer check` on `dir` as the client node and returns the rule entries it reports.
 ///
 /// # Errors
 /// When the policy is refused (the error carries the checker's output) or the summary has no
 /// rule count.
 pub fn check(enforcer: &Path, dir: &Path) -> anyhow::Result<u64> {
+    Ok(summary(enforcer, dir)?.entries)
+}
+
+/// Runs `enforcer check` on `dir` as the client node and returns its count of rule entries and
+/// identities.
+///
+/// # Errors
+/// When the policy is refused (the error carries the checker's output) or a count is missing.
+pub fn summary(enforcer: &Path, dir: &Path) -> anyhow::Result<Summary> {
     let out = Command::new(enforcer)
         .arg("check")
         .arg(dir)
@@ -145,15 +190,21 @@ pub fn check(enforcer: &Path, dir: &Path) -> anyhow::Result<u64> {
             dir.display()
         );
     }
-    rule_entries(&text)
-        .with_context(|| format!("no \"rule entries\" line in enforcer check's summary:\n{text}"))
+    let read = |label: &str| {
+        count(&text, label)
+            .with_context(|| format!("no \"{label}\" line in enforcer check's summary:\n{text}"))
+    };
+    Ok(Summary {
+        entries: read("rule entries")?,
+        identities: read("identities")?,
+    })
 }
 
-/// The count of the summary's `  rule entries      N` line.
-fn rule_entries(summary: &str) -> Option<u64> {
+/// The number of the summary's `  LABEL      N` line.
+fn count(summary: &str, label: &str) -> Option<u64> {
     summary.lines().find_map(|line| {
         line.trim()
-            .strip_prefix("rule entries")
+            .strip_prefix(label)
             .and_then(|n| n.trim().parse().ok())
     })
 }
@@ -165,7 +216,8 @@ mod tests {
     #[test]
     fn reads_the_rule_count_of_the_summary() {
         let summary = "rules:      3 (3 allow, 0 deny)\nas node x, the kernel maps hold:\n  rule entries      102004\n  exact addresses   4\n";
-        assert_eq!(rule_entries(summary), Some(102_004));
-        assert_eq!(rule_entries("nothing"), None);
+        assert_eq!(count(summary, "rule entries"), Some(102_004));
+        assert_eq!(count(summary, "exact addresses"), Some(4));
+        assert_eq!(count("nothing", "rule entries"), None);
     }
 }
