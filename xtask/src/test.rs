@@ -7,12 +7,13 @@ use anyhow::bail;
 use crate::{command, exec, say, setup};
 
 /// Members whose manifests must inherit the workspace lints.
-const MEMBERS: [&str; 5] = [
+const MEMBERS: [&str; 6] = [
     "enforcer",
     "enforcer-common",
     "enforcer-ebpf",
     "tests",
     "xtask",
+    "xtask/reference-ebpf",
 ];
 
 /// One step of the suite, run at most once.
@@ -63,6 +64,8 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
                         "--workspace",
                         "--exclude",
                         "enforcer-ebpf",
+                        "--exclude",
+                        "reference-ebpf",
                         "--all-targets",
                         "--",
                         "-D",
@@ -72,7 +75,7 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
             }),
         ),
         (
-            "clippy (eBPF crate, bpfel target)",
+            "clippy (eBPF crates, bpfel target)",
             Box::new(|| {
                 exec(
                     "cargo clippy (bpfel)",
@@ -81,6 +84,8 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
                         "clippy",
                         "-p",
                         "enforcer-ebpf",
+                        "-p",
+                        "reference-ebpf",
                         "--release",
                         "--target",
                         "bpfel-unknown-none",
@@ -106,6 +111,8 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
                             "enforcer-tests",
                             "--exclude",
                             "enforcer-ebpf",
+                            "--exclude",
+                            "reference-ebpf",
                         ])
                         .env("ENFORCER_OCSF_PYTHON", &python),
                 )

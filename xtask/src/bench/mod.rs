@@ -20,6 +20,7 @@ pub mod load;
 pub mod plot;
 pub mod policy;
 mod programs;
+mod reference;
 mod stats;
 
 use std::{
@@ -108,7 +109,7 @@ pub fn run(workspace: &Path, quick: bool, only: &[String]) -> anyhow::Result<()>
     let machine = machine();
     // Enabled for the whole run so every contender pays the same (small) timing overhead.
     let stats = BpfStats::enable()?;
-    let mut bench = Bench::new(enforcer, settings)?;
+    let mut bench = Bench::new(workspace, enforcer, settings)?;
     let mut sections = Vec::new();
     for measure in measures {
         say(&format!("measuring {}", measure.name));
@@ -145,6 +146,10 @@ const MEASURES: &[Measure] = &[
     Measure {
         name: "connect",
         run: connect::run,
+    },
+    Measure {
+        name: "programs",
+        run: reference::run,
     },
     Measure {
         name: "established",
@@ -239,6 +244,8 @@ pub struct Bench {
     mounts: Mounts,
     scratch: tempfile::TempDir,
     pub enforcer: PathBuf,
+    /// The workspace, for what a measure builds.
+    pub workspace: PathBuf,
     pub settings: Settings,
     pub client_ns: String,
     pub client_cgroup: PathBuf,
@@ -264,7 +271,7 @@ impl Bench {
     ///
     /// # Errors
     /// When a part of the lab cannot be made or the server does not start.
-    pub fn new(enforcer: PathBuf, settings: Settings) -> anyhow::Result<Self> {
+    pub fn new(workspace: &Path, enforcer: PathBuf, settings: Settings) -> anyhow::Result<Self> {
         let pid = std::process::id();
         let tag = format!("ebench-{pid}");
         let (client_ns, server_ns) = (format!("{tag}-c"), format!("{tag}-s"));
@@ -325,6 +332,7 @@ impl Bench {
             mounts: Mounts(Vec::new()),
             scratch,
             enforcer,
+            workspace: workspace.to_owned(),
             settings,
             client_ns,
             client_cgroup,
