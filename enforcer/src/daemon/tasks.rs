@@ -8,9 +8,10 @@ use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc, time::Du
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{
     reconciler::{Command, Origin},
@@ -22,8 +23,16 @@ use crate::{
     identity::{CgroupTree, CgroupWatcher},
 };
 
-/// A full rescan however quiet inotify is: a safety net for a lost or overflowed event queue.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// A full rescan however quiet inotify is: a safety net for an event the kernel lost or the
+/// watcher misread. Events are applied one by one and an overflowed queue already triggers a
+/// rescan, so this is rare insurance; with 10 000 cgroups a rescan costs tens of milliseconds,
+/// too much to spend every few seconds on an idle node.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The next rescan after one failed or while the root's own watch is gone (the root was
+/// removed or replaced): soon enough to pick a recreated root up again, rare enough not to
+/// flood the log while it is missing.
+const RESYNC_RETRY: Duration = Duration::from_secs(30);
 
 /// The pause before a failed watcher tries again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -31,42 +40,62 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long a control request may wait for the reconciler.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Rescans the cgroup tree on inotify events (and every [`RESCAN_INTERVAL`]) and publishes it
-/// when it changed. The scan happens here, not in the reconciler, so a burst of cgroup churn
-/// costs the reconciler one relabel of the latest tree.
+/// Keeps the cgroup tree from inotify events (and a rescan every [`RESYNC_INTERVAL`]) and
+/// publishes it when it changed. The tree is kept here, not in the reconciler, so a burst of
+/// cgroup churn costs the reconciler one relabel of the latest tree.
 pub async fn watch_cgroups(
     root: PathBuf,
     mut watcher: CgroupWatcher,
     trees: watch::Sender<Arc<CgroupTree>>,
     cancel: CancellationToken,
 ) {
-    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_resync = Instant::now() + RESYNC_INTERVAL;
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            changed = watcher.changed() => {
-                if let Err(error) = changed {
-                    error!(%error, "watching cgroups failed; the periodic rescan continues");
+            changed = watcher.changed() => match changed {
+                Ok(changed) => changed,
+                Err(error) => {
+                    error!(%error, cgroup_root = %root.display(), "watching cgroups failed; rescanning");
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    next_resync = Instant::now();
+                    false
+                }
+            },
+            () = tokio::time::sleep_until(next_resync) => false,
+        };
+        let mut resynced = false;
+        if Instant::now() >= next_resync {
+            match watcher.resync() {
+                Ok(differs) => {
+                    if differs {
+                        warn!(cgroup_root = %root.display(), "the cgroup rescan found changes the events had missed");
+                    }
+                    resynced = differs;
+                    next_resync = Instant::now()
+                        + if watcher.is_empty() {
+                            RESYNC_RETRY
+                        } else {
+                            RESYNC_INTERVAL
+                        };
+                }
+                // The root vanished or is unreadable: keep the labels we have (still enforcing).
+                Err(error) => {
+                    error!(%error, "rescanning cgroups failed");
+                    next_resync = Instant::now() + RESYNC_RETRY;
                 }
             }
-            _ = rescan.tick() => {}
         }
-        match CgroupTree::scan(&root) {
-            Ok(tree) => {
-                watcher.watch_tree(&tree);
-                trees.send_if_modified(|current| {
-                    let modified = **current != tree;
-                    if modified {
-                        *current = Arc::new(tree);
-                    }
-                    modified
-                });
-            }
-            // The root vanished or is unreadable: keep the labels we have (still enforcing).
-            Err(error) => error!(%error, "rescanning cgroups failed"),
+        if changed || resynced {
+            let tree = watcher.tree();
+            trees.send_if_modified(|current| {
+                let modified = **current != tree;
+                if modified {
+                    *current = Arc::new(tree);
+                }
+                modified
+            });
         }
     }
 }

@@ -104,9 +104,29 @@ impl CgroupTree {
     }
 }
 
+/// A tree from `(cgroup id, relative path)` pairs, as the watcher keeps them.
+impl FromIterator<(u64, String)> for CgroupTree {
+    fn from_iter<I: IntoIterator<Item = (u64, String)>>(pairs: I) -> Self {
+        Self(pairs.into_iter().collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collecting_pairs_builds_the_same_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cgroup.procs"), "").expect("cgroup.procs");
+        std::fs::create_dir_all(dir.path().join("a/b")).expect("mkdir");
+        let tree = CgroupTree::scan(dir.path()).expect("scan");
+        let rebuilt: CgroupTree = tree.iter().map(|(id, p)| (id, p.to_owned())).collect();
+        assert_eq!(rebuilt, tree);
+        let paths: Vec<&str> = tree.iter().map(|(_, p)| p).collect();
+        assert_eq!(paths.len(), 3);
+        assert!(paths.contains(&"a/b"), "{paths:?}");
+    }
 
     #[test]
     fn scan_rejects_a_plain_directory() {
