@@ -153,7 +153,16 @@ fn classify(ctx: &TcContext, ends: &Ends) -> Arrival {
             count(counter::TRACKED);
             return Arrival::Pass;
         }
-        Tracked::Stale(_) => return Arrival::Judge(true),
+        // A flow of a socket of the subtree (a reply to what a workload opened, say) is judged
+        // again by the socket layer, in the direction that opened it and with the workload's
+        // identity; judged here, a reply would be taken for a new flow to the node.
+        Tracked::Stale(_) => {
+            return if receiver_in_subtree(ctx.as_ptr(), ends) {
+                Arrival::Pass
+            } else {
+                Arrival::Judge(true)
+            };
+        }
         Tracked::Unknown => {}
     }
     let receiver = if ends.protocol == protocol::TCP {

@@ -100,6 +100,11 @@ impl Probe {
         self.run(&["udp-connect", &addr.to_string(), &port.to_string()])
     }
 
+    /// `sendto`, then the server's answer; ok only once the answer arrived (within 2 s).
+    pub fn udp_request(&self, addr: IpAddr, port: u16) -> ProbeOutcome {
+        self.run(&["udp-request", &addr.to_string(), &port.to_string()])
+    }
+
     /// An ICMP echo through a ping socket; ok only once the reply arrived.
     pub fn ping(&self, addr: IpAddr) -> ProbeOutcome {
         self.run(&["ping", &addr.to_string()])
@@ -271,6 +276,13 @@ impl Listener {
     #[must_use]
     pub fn start_echo(cgroup: Option<&Path>, netns: &str, addr: IpAddr, port: u16) -> Self {
         Self::start_verb(cgroup, netns, "tcp-echo-listen", addr, port, &[])
+    }
+
+    /// A UDP server in netns `netns` on `addr:port` that answers each datagram a second late
+    /// (outside the managed tree): for a policy change between a request and its answer.
+    #[must_use]
+    pub fn start_late_udp(netns: &str, addr: IpAddr, port: u16) -> Self {
+        Self::start_verb(None, netns, "udp-late-listen", addr, port, &[])
     }
 
     fn start_verb(

@@ -177,3 +177,73 @@ fn an_inbound_flow_is_revoked_where_it_arrives() {
     let (result, _, _) = stream.wait_ended(Duration::from_secs(5));
     assert_ne!(result, "ok", "the revoked inbound flow kept flowing");
 }
+
+/// `web` may open `tcp/7000` to `db`, a segment of its own at the server's address; `tcp/7001`
+/// is the unrelated rule a reload adds.
+fn segmented_server_policy(unrelated: bool) -> String {
+    let mut policy = String::from(
+        r#"
+[[workload]]
+name = "web"
+cgroup = "web"
+labels = { segment = "web" }
+
+[[peer]]
+name = "db"
+cidrs = ["${SERVER4}/32"]
+labels = { segment = "db" }
+
+[[segment]]
+name = "web-seg"
+select = { segment = "web" }
+
+[[segment]]
+name = "db-seg"
+select = { segment = "db" }
+
+[[allow]]
+from = "web-seg"
+to = "db-seg"
+ports = ["tcp/7000", "udp/7000"]
+"#,
+    );
+    if unrelated {
+        policy
+            .push_str("\n[[allow]]\nfrom = \"web-seg\"\nto = \"db-seg\"\nports = [\"tcp/7001\"]\n");
+    }
+    policy
+}
+
+/// The answer to a request the workload sent reaches the node's interface before its socket: an
+/// interface layer that took an answer of a replaced generation for a new arrival would judge it
+/// from the server to the node, which a segmented server may not reach, and drop it.
+#[test]
+fn an_answer_that_crosses_a_reload_reaches_the_workload() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::builder()
+        .workload("web")
+        .policy("main.toml", &segmented_server_policy(false))
+        .start();
+    let _late = Listener::start_late_udp(lab.server_ns().name(), lab.server4(), 7000);
+    std::thread::scope(|scope| {
+        let request = scope.spawn(|| lab.probe("web").udp_request(lab.server4(), 7000));
+        // The request is out; its answer comes a second later, after the reload.
+        std::thread::sleep(Duration::from_millis(300));
+        lab.policy_dir()
+            .write("main.toml", &lab.expand(&segmented_server_policy(true)));
+        let output = lab.instance().command("reload");
+        assert!(
+            output.status.success(),
+            "reload failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let outcome = request.join().expect("the probe thread");
+        assert!(
+            outcome.is_ok(),
+            "the answer was dropped after the reload: {outcome}\n{}",
+            lab.daemon().stderr()
+        );
+    });
+}

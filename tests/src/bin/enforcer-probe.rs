@@ -9,6 +9,7 @@
 //!   udp-burst ADDR PORT COUNT
 //!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, 1 ms apart, for MILLIS
 //!   tcp-echo-listen [--v6only] ADDR PORT   tcp-listen, echoing each connection on its own thread
+//!   udp-late-listen ADDR PORT      udp-listen, answering each datagram a second late
 //!   tcp-stream ADDR PORT MILLIS    one connection: a byte out and back every 10 ms for MILLIS
 //! socket kinds and paths past the plain hooks (socket_kinds.rs):
 //!   udplite-sendto ADDR PORT | udplite-connect ADDR PORT | udplite-listen ADDR PORT
@@ -76,6 +77,10 @@ use nix::{
 /// mistaken for an immediate refusal.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How late `udp-late-listen` answers: within a client's [`TIMEOUT`], long enough for a test to
+/// change the policy between a request and its answer.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
+
 enum Action {
     TcpConnect(SocketAddr),
     UdpSendto(SocketAddr),
@@ -84,7 +89,8 @@ enum Action {
     Ping(IpAddr),
     TcpListen(SocketAddr),
     TcpEchoListen(SocketAddr),
-    UdpListen(SocketAddr),
+    /// Answers each datagram after the delay.
+    UdpListen(SocketAddr, Duration),
     UdpBurst(SocketAddr, u32),
     TcpLoop(Duration, IpAddr, Vec<u16>),
     TcpStream(SocketAddr, Duration),
@@ -122,7 +128,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             None => return Err("missing ACTION".to_owned()),
         }
     };
-    const VERBS: [&str; 10] = [
+    const VERBS: [&str; 11] = [
         "udp-burst",
         "tcp-connect",
         "udp-sendto",
@@ -132,6 +138,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "tcp-listen",
         "tcp-echo-listen",
         "udp-listen",
+        "udp-late-listen",
         "tcp-stream",
     ];
     if let Some(kind) = socket_kinds::parse(&verb, &mut argv)? {
@@ -193,7 +200,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         "udp-request" => Action::UdpRequest(sock()?),
         "tcp-listen" => Action::TcpListen(sock()?),
         "tcp-echo-listen" => Action::TcpEchoListen(sock()?),
-        "udp-listen" => Action::UdpListen(sock()?),
+        "udp-listen" => Action::UdpListen(sock()?, Duration::ZERO),
+        "udp-late-listen" => Action::UdpListen(sock()?, LATE_ANSWER),
         "ping" => Action::Ping(addr),
         "udp-burst" => {
             let target = sock()?;
@@ -457,7 +465,7 @@ fn listen(action: &Action, v6only: bool) -> io::Result<()> {
                 }
             }
         }
-        Action::UdpListen(addr) => {
+        Action::UdpListen(addr, delay) => {
             let sock = if v6only {
                 UdpSocket::from(bind_v6only(addr, SockType::Datagram)?)
             } else {
@@ -469,6 +477,7 @@ fn listen(action: &Action, v6only: bool) -> io::Result<()> {
                 let (n, peer) = sock.recv_from(&mut buf)?;
                 println!("peer {peer}");
                 io::stdout().flush()?;
+                std::thread::sleep(delay);
                 // Echo back so that a client can tell delivery from a silent drop; a refused reply
                 // must not stop the server.
                 let _ = sock.send_to(&buf[..n], peer);
@@ -566,7 +575,7 @@ fn main() -> ExitCode {
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::UdpRequest(addr) => udp_request(addr),
         Action::Ping(addr) => ping(addr),
-        Action::TcpListen(_) | Action::TcpEchoListen(_) | Action::UdpListen(_) => {
+        Action::TcpListen(_) | Action::TcpEchoListen(_) | Action::UdpListen(..) => {
             listen(&args.action, args.v6only)
         }
     });
