@@ -29,9 +29,9 @@ use crate::{
 /// too much to spend every few seconds on an idle node.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
-/// The next rescan after one failed or while the root's own watch is gone (the root was
-/// removed or replaced): soon enough to pick a recreated root up again, rare enough not to
-/// flood the log while it is missing.
+/// The next rescan after one failed, while the root's own watch is gone (the root was removed
+/// or replaced), or while some directory could not be watched (inotify's watch limit): soon
+/// enough to pick a recreated root or a new cgroup up again, rare enough not to flood the log.
 const RESYNC_RETRY: Duration = Duration::from_secs(30);
 
 /// The pause before a failed watcher tries again.
@@ -74,7 +74,7 @@ pub async fn watch_cgroups(
                     }
                     resynced = differs;
                     next_resync = Instant::now()
-                        + if watcher.is_empty() {
+                        + if watcher.is_empty() || watcher.has_unwatched() {
                             RESYNC_RETRY
                         } else {
                             RESYNC_INTERVAL

@@ -75,6 +75,9 @@ pub struct CgroupWatcher {
     resync_needed: bool,
     /// The tree changed since [`CgroupWatcher::changed`] last said so.
     dirty: bool,
+    /// Some directory could not be watched (`fs.inotify.max_user_watches` exhausted, say): it
+    /// is in the tree, but what is made below it is only seen by a rescan.
+    unwatched: bool,
 }
 
 impl std::fmt::Debug for CgroupWatcher {
@@ -123,6 +126,7 @@ impl CgroupWatcher {
             retired: HashSet::new(),
             resync_needed: false,
             dirty: false,
+            unwatched: false,
         };
         let wd = watcher.add_watch(root)?;
         let id = fs::metadata(root)
@@ -184,6 +188,13 @@ impl CgroupWatcher {
     #[must_use]
     pub fn len(&self) -> usize {
         self.by_wd.len()
+    }
+
+    /// Whether some directory of the tree could not be watched, so that only a rescan sees
+    /// what is made below it.
+    #[must_use]
+    pub const fn has_unwatched(&self) -> bool {
+        self.unwatched
     }
 
     /// Whether nothing is watched (the root itself is gone).
@@ -310,31 +321,26 @@ impl CgroupWatcher {
             if self.dirs.get(&rel).is_some_and(|dir| dir.id == id) {
                 continue;
             }
+            let wd = self.add_watch(&path).ok();
             // Gone already, or not a directory any more: its removal is queued.
-            let Ok(wd) = self.add_watch(&path) else {
-                continue;
-            };
             let Ok(entries) = fs::read_dir(&path) else {
                 continue;
             };
+            // Still a cgroup to label, watched or not.
+            self.unwatched |= wd.is_none();
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                     let child = child_rel(&rel, &entry.file_name().to_string_lossy());
                     pending.push((entry.path(), child, entry.ino()));
                 }
             }
-            // Only a freed descriptor is handed out again: whatever was retired under this
-            // number is over, and the watch is live now.
-            self.retired.remove(&wd);
-            self.by_wd.insert(wd, rel.clone());
-            self.dirs.insert(
-                rel,
-                Dir {
-                    id,
-                    path,
-                    wd: Some(wd),
-                },
-            );
+            if let Some(wd) = wd {
+                // Only a freed descriptor is handed out again: whatever was retired under this
+                // number is over, and the watch is live now.
+                self.retired.remove(&wd);
+                self.by_wd.insert(wd, rel.clone());
+            }
+            self.dirs.insert(rel, Dir { id, path, wd });
             self.dirty = true;
         }
     }
@@ -394,6 +400,7 @@ impl CgroupWatcher {
         let old_dirs = std::mem::take(&mut self.dirs);
         let old_wds = std::mem::take(&mut self.by_wd);
         let dirty = self.dirty;
+        self.unwatched = false;
         self.add_subtree(root.clone(), String::new(), id);
         self.dirty = dirty;
         if !self.dirs.contains_key("") {
