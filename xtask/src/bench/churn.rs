@@ -7,6 +7,7 @@
 //! reload is a fault, and is counted.
 
 use std::{
+    collections::BTreeMap,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -32,7 +33,19 @@ struct Churned {
     load: LoadReport,
     reloads: Vec<f64>,
     failed_reloads: usize,
+    /// The daemon's counters that moved during the round, other than the ones every
+    /// allowed connection moves.
+    counters: BTreeMap<String, u64>,
 }
+
+/// Counters an allowed connection or a reload moves anyway.
+const EXPECTED: [&str; 5] = [
+    "allowed",
+    "remembered",
+    "established",
+    "tracked",
+    "self_exempt",
+];
 
 /// Measures the load with and without reloads, `rounds` times each, interleaved.
 ///
@@ -53,7 +66,27 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<Section> {
         let mut version = 0;
         for _ in 0..rounds {
             quiet.push(bench.load("tcp", secs)?);
-            churned.push(under_reloads(bench, daemon, &dir, secs, &mut version)?);
+            let before = counters(bench, daemon)?;
+            let mut round = under_reloads(bench, daemon, &dir, secs, &mut version)?;
+            let after = counters(bench, daemon)?;
+            round.counters = after
+                .into_iter()
+                .filter(|(name, _)| !EXPECTED.contains(&name.as_str()))
+                .filter_map(|(name, n)| {
+                    let moved = n.saturating_sub(before.get(&name).copied().unwrap_or(0));
+                    (moved > 0).then_some((name, moved))
+                })
+                .collect();
+            churned.push(round);
+        }
+        // What the kernel denied, if anything, in the daemon's own words.
+        let events = std::fs::read_to_string(&daemon.events).unwrap_or_default();
+        for line in events
+            .lines()
+            .filter(|l| l.contains("\"class_uid\":4001"))
+            .take(3)
+        {
+            println!("  denied during the rounds: {line}");
         }
         Ok((quiet, churned))
     })?;
@@ -75,6 +108,29 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<Section> {
     let failed: u64 = churned.iter().map(|c| c.load.failed).sum::<u64>()
         + quiet.iter().map(|q| q.failed).sum::<u64>();
     let failed_reloads: usize = churned.iter().map(|c| c.failed_reloads).sum();
+    let mut moved: BTreeMap<&str, u64> = BTreeMap::new();
+    for round in &churned {
+        for (name, n) in &round.counters {
+            *moved.entry(name.as_str()).or_default() += n;
+        }
+    }
+    let moved = if moved.is_empty() {
+        "no verdict counter besides those of allowed traffic moved".to_owned()
+    } else {
+        let listed: Vec<String> = moved
+            .iter()
+            .map(|(name, n)| format!("`{name}` {n}"))
+            .collect();
+        format!(
+            "counters that moved during the reloads: {}",
+            listed.join(", ")
+        )
+    };
+    let first_errors: Vec<&str> = quiet
+        .iter()
+        .chain(churned.iter().map(|c| &c.load))
+        .filter_map(|l| l.first_error.as_deref())
+        .collect();
     let show = |s: Option<Spread>, d| s.map_or_else(|| "–".into(), |s| s.show(d));
     let mut table = Table::new(&[
         "daemon",
@@ -110,19 +166,36 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<Section> {
          {}-entry policy, left alone and handed a new version every {} ms (`enforcer reload`, \
          each version moving every peer's ports so that every entry is rewritten), in {rounds} \
          interleaved rounds of {secs} s.\n\n{}\n\n{} reloads applied, {} ms each (min / median / \
-         max, the daemon's own account); {failed_reloads} refused. {} connections failed in all.\n",
+         max, the daemon's own account); {failed_reloads} refused. {} connections failed in all{}; {moved}.\n",
         grouped(entries),
         PERIOD.as_millis(),
         table.markdown(),
         grouped(reload_ms.len() as u64),
         show(reload_spread, 1),
         grouped(failed),
+        if first_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (first errors: {})", first_errors.join("; "))
+        },
     );
     Ok(Section {
         title: "Reload under load".to_owned(),
         body,
         files: Vec::new(),
     })
+}
+
+/// The daemon's verdict counters, from `enforcer status`.
+fn counters(bench: &Bench, daemon: &Daemon) -> anyhow::Result<BTreeMap<String, u64>> {
+    let status = bench.control(daemon, "status")?;
+    let counters = status["daemon"]["counters"]
+        .as_object()
+        .with_context(|| format!("no counters in the status: {status}"))?;
+    Ok(counters
+        .iter()
+        .filter_map(|(name, n)| Some((name.clone(), n.as_u64()?)))
+        .collect())
 }
 
 /// Runs the load for `secs` while another thread writes and reloads a new version every period.
@@ -174,6 +247,7 @@ fn under_reloads(
             load: load?,
             reloads,
             failed_reloads,
+            counters: BTreeMap::new(),
         })
     })
 }
