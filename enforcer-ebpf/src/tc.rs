@@ -153,16 +153,15 @@ fn classify(ctx: &TcContext, ends: &Ends) -> Arrival {
             count(counter::TRACKED);
             return Arrival::Pass;
         }
-        // A flow of a socket of the subtree (a reply to what a workload opened, say) is judged
-        // again by the socket layer, in the direction that opened it and with the workload's
-        // identity; judged here, a reply would be taken for a new flow to the node.
-        Tracked::Stale(_) => {
-            return if receiver_in_subtree(ctx.as_ptr(), ends) {
-                Arrival::Pass
-            } else {
-                Arrival::Judge(true)
-            };
+        // A flow a socket of the subtree opened (this packet is a reply) is judged again by the
+        // socket layer, in the direction that opened it and with the workload's identity; judged
+        // here, the reply would be taken for a new flow to the node. (The connecting socket of
+        // such a flow is not in `LISTENERS`, so the receiver cannot be asked.)
+        Tracked::Stale(FLOW_OUTBOUND) => {
+            count(counter::TRACKED);
+            return Arrival::Pass;
         }
+        Tracked::Stale(_) => return Arrival::Judge(true),
         Tracked::Unknown => {}
     }
     let receiver = if ends.protocol == protocol::TCP {
