@@ -20,6 +20,9 @@ use super::{
 };
 use crate::compile::DesiredState;
 
+/// Entries to put, borrowed from the images they were diffed from.
+type Puts<'a> = Vec<(&'a EntryKey, &'a EntryValue)>;
+
 /// A store of the two policy slots: the kernel's maps, or memory.
 pub trait Datapath {
     /// The slot decisions read.
@@ -291,12 +294,14 @@ impl<D: Datapath> PolicySlots<D> {
     fn write_verified(&mut self, slot: u32, want: &SlotImage) -> Result<usize, DatapathError> {
         // Taken out for the diff rather than cloned: at 100k entries a copy is megabytes.
         let believed = std::mem::take(&mut self.intended[slot as usize]);
-        let first = self.write_diff(slot, &believed, want);
+        let first = self
+            .write_diff(slot, &believed, want)
+            .map(|(written, _)| written);
         self.intended[slot as usize] = believed;
         let mut written = first?;
         let mut check = self.store.read_slot(slot)?;
         if check != *want {
-            written += self.write_diff(slot, &check, want)?;
+            written += self.write_diff(slot, &check, want)?.0;
             check = self.store.read_slot(slot)?;
         }
         if check != *want {
@@ -333,12 +338,7 @@ impl<D: Datapath> PolicySlots<D> {
         current: &SlotImage,
         want: &SlotImage,
     ) -> Result<usize, DatapathError> {
-        let (put, delete) = diff(current, want);
-        let written = put.len() + delete.len();
-        write_entries(&mut self.store, slot, &put, &delete)?;
-        if current.config != want.config {
-            self.store.set_config(slot, want.config)?;
-        }
+        let (written, put) = self.write_diff(slot, current, want)?;
         let astray = self.misread(slot, &put)?;
         if !astray.is_empty() {
             write_entries(&mut self.store, slot, &astray, &[])?;
@@ -359,7 +359,7 @@ impl<D: Datapath> PolicySlots<D> {
         &self,
         slot: u32,
         put: &[(&'a EntryKey, &'a EntryValue)],
-    ) -> Result<Vec<(&'a EntryKey, &'a EntryValue)>, DatapathError> {
+    ) -> Result<Puts<'a>, DatapathError> {
         let mut wrong = Vec::new();
         for &(key, value) in put.iter().filter(|(key, _)| key.is_exact()) {
             if self.store.get(slot, key)?.as_ref() != Some(value) {
@@ -369,19 +369,21 @@ impl<D: Datapath> PolicySlots<D> {
         Ok(wrong)
     }
 
-    fn write_diff(
+    /// Writes the diff from `current` to `want` into `slot`; returns how many entries were
+    /// written or deleted, and the entries put.
+    fn write_diff<'a>(
         &mut self,
         slot: u32,
-        current: &SlotImage,
-        want: &SlotImage,
-    ) -> Result<usize, DatapathError> {
+        current: &'a SlotImage,
+        want: &'a SlotImage,
+    ) -> Result<(usize, Puts<'a>), DatapathError> {
         let (put, delete) = diff(current, want);
         let written = put.len() + delete.len();
         write_entries(&mut self.store, slot, &put, &delete)?;
         if current.config != want.config {
             self.store.set_config(slot, want.config)?;
         }
-        Ok(written)
+        Ok((written, put))
     }
 
     /// The labels that fit one slot (in cgroup id order), and how many did not.
