@@ -20,8 +20,10 @@ pub enum EntryKey {
     AddrExact([u8; 16]),
     /// `ADDR_CIDR`; `bits` counts the slot's own bits, as the trie does.
     AddrCidr { bits: u32, addr: [u8; 16] },
-    /// `RULES`; `data.slot` is always 0 here.
+    /// `RULES`, a block of more than one port; `data.slot` is always 0 here.
     Rule { bits: u32, data: RuleLpmData },
+    /// `RULES_EXACT`, one port; `data.slot` is always 0 here.
+    RulePort(RuleLpmData),
     /// `CGROUP_IDENTITY`.
     Cgroup(u64),
 }
@@ -42,9 +44,8 @@ impl EntryKey {
     #[must_use]
     pub const fn is_exact(&self) -> bool {
         match self {
-            Self::Rule { bits, .. } => *bits == RULE_EXACT_BITS,
-            Self::AddrCidr { .. } => false,
-            Self::Identity(_) | Self::AddrExact(_) | Self::Cgroup(_) => true,
+            Self::Rule { .. } | Self::AddrCidr { .. } => false,
+            Self::Identity(_) | Self::AddrExact(_) | Self::RulePort(_) | Self::Cgroup(_) => true,
         }
     }
 
@@ -56,8 +57,8 @@ impl EntryKey {
             Self::Identity(_) => maps::IDENTITY_INFO,
             Self::AddrExact(_) => maps::ADDR_EXACT,
             Self::AddrCidr { .. } => maps::ADDR_CIDR,
-            Self::Rule { bits, .. } if *bits == RULE_EXACT_BITS => maps::RULES_EXACT,
             Self::Rule { .. } => maps::RULES,
+            Self::RulePort(_) => maps::RULES_EXACT,
             Self::Cgroup(_) => maps::CGROUP_IDENTITY,
         }
     }
@@ -91,16 +92,21 @@ impl SlotImage {
             entries.insert(key, EntryValue::Addr(*value));
         }
         for (rule, value) in &state.rules {
-            let key = EntryKey::Rule {
-                bits: RULE_LPM_FIXED_BITS + u32::from(rule.ports.prefix_len),
-                data: RuleLpmData {
-                    slot: 0,
-                    src_identity: rule.src_identity,
-                    dst_identity: rule.dst_identity,
-                    protocol: rule.protocol,
-                    _pad: 0,
-                    port_be: rule.ports.first.to_be(),
-                },
+            let data = RuleLpmData {
+                slot: 0,
+                src_identity: rule.src_identity,
+                dst_identity: rule.dst_identity,
+                protocol: rule.protocol,
+                _pad: 0,
+                port_be: rule.ports.first.to_be(),
+            };
+            let bits = RULE_LPM_FIXED_BITS + u32::from(rule.ports.prefix_len);
+            // A single port is the longest prefix there is: the kernel looks for it in the hash
+            // first, and a hit there is what the trie would have answered.
+            let key = if bits == RULE_EXACT_BITS {
+                EntryKey::RulePort(data)
+            } else {
+                EntryKey::Rule { bits, data }
             };
             entries.insert(key, EntryValue::Rule(*value));
         }

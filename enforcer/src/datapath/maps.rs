@@ -10,8 +10,7 @@ use aya::maps::{
 };
 use enforcer_common::{
     AddrKey, AddrLpmData, AddrValue, CgroupKey, CgroupLabel, IdentityInfo, IdentityKey,
-    LocalAddrKey, RULE_EXACT_BITS, RuleLpmData, RuleValue, Runtime, SlotConfig, capacity, counter,
-    maps as names,
+    LocalAddrKey, RuleLpmData, RuleValue, Runtime, SlotConfig, capacity, counter, maps as names,
 };
 
 use super::{
@@ -153,10 +152,7 @@ impl Datapath for KernelMaps {
         }
         for item in self.rules_exact.iter() {
             let (data, value) = item.map_err(map_error(names::RULES_EXACT))?;
-            let entry = EntryKey::Rule {
-                bits: RULE_EXACT_BITS,
-                data: RuleLpmData { slot: 0, ..data },
-            };
+            let entry = EntryKey::RulePort(RuleLpmData { slot: 0, ..data });
             put(data.slot, entry, EntryValue::Rule(value));
         }
         for item in self.cgroup_identity.iter() {
@@ -189,7 +185,7 @@ impl Datapath for KernelMaps {
                 self.addr_cidr
                     .insert(&Key::new(bits, AddrLpmData { slot, addr }), value, 0)
             }
-            (EntryKey::Rule { bits, data }, EntryValue::Rule(value)) if bits == RULE_EXACT_BITS => {
+            (EntryKey::RulePort(data), EntryValue::Rule(value)) => {
                 self.rules_exact
                     .insert(RuleLpmData { slot, ..data }, value, 0)
             }
@@ -225,7 +221,7 @@ impl Datapath for KernelMaps {
                 .addr_cidr
                 .get(&Key::new(bits, AddrLpmData { slot, addr }), 0)
                 .map(EntryValue::Addr),
-            EntryKey::Rule { bits, data } if bits == RULE_EXACT_BITS => self
+            EntryKey::RulePort(data) => self
                 .rules_exact
                 .get(&RuleLpmData { slot, ..data }, 0)
                 .map(EntryValue::Rule),
@@ -262,9 +258,7 @@ impl Datapath for KernelMaps {
             EntryKey::AddrCidr { bits, addr } => self
                 .addr_cidr
                 .remove(&Key::new(bits, AddrLpmData { slot, addr })),
-            EntryKey::Rule { bits, data } if bits == RULE_EXACT_BITS => {
-                self.rules_exact.remove(&RuleLpmData { slot, ..data })
-            }
+            EntryKey::RulePort(data) => self.rules_exact.remove(&RuleLpmData { slot, ..data }),
             EntryKey::Rule { bits, data } => self
                 .rules
                 .remove(&Key::new(bits, RuleLpmData { slot, ..data })),

@@ -2,9 +2,9 @@
 //! maps or [`MemoryDatapath`](super::MemoryDatapath).
 //!
 //! A new policy is written by diff into the standby slot, what was written is read back and
-//! compared, and only then is the slot made active by one store to `ACTIVE_SLOT`. The slot that was active stays intact as the
-//! last-known-good policy: [`PolicySlots::rollback`] flips back to it. So no decision ever sees a
-//! mix of two policies, an emptied slot, or a half-written one.
+//! compared, and only then is the slot made active by one store to `ACTIVE_SLOT`. The slot that
+//! was active stays intact as the last-known-good policy: [`PolicySlots::rollback`] flips back to
+//! it. So no decision ever sees a mix of two policies, an emptied slot, or a half-written one.
 //!
 //! The slot that a flip leaves behind is written again only by the next apply. Kernel programs
 //! read the slot number and its entries within one run (microseconds, under RCU), while the next
@@ -286,19 +286,12 @@ impl<D: Datapath> PolicySlots<D> {
         Ok(repairs)
     }
 
-    /// Brings `slot` to `want` by diff against what it is meant to hold, then reads it back whole
-    /// and compares; a difference (a write that went astray, drift since the last reconcile) is
-    /// written again from what was read, and read back once more. Returns how many entries were
-    /// written or deleted. For a rollback, and for the restore after a failed apply, where what
-    /// the slot holds is not what it was meant to.
+    /// [`PolicySlots::write_checked`], then reads the slot back whole and compares; a difference
+    /// (drift since the last reconcile) is written again from what was read, and read back once
+    /// more. Returns how many entries were written or deleted. For a rollback, and for the restore
+    /// after a failed apply, where what the slot holds is not what it was meant to.
     fn write_verified(&mut self, slot: u32, want: &SlotImage) -> Result<usize, DatapathError> {
-        // Taken out for the diff rather than cloned: at 100k entries a copy is megabytes.
-        let believed = std::mem::take(&mut self.intended[slot as usize]);
-        let first = self
-            .write_diff(slot, &believed, want)
-            .map(|(written, _)| written);
-        self.intended[slot as usize] = believed;
-        let mut written = first?;
+        let mut written = self.write_checked(slot, want)?;
         let mut check = self.store.read_slot(slot)?;
         if check != *want {
             written += self.write_diff(slot, &check, want)?.0;

@@ -225,7 +225,7 @@ fn drift_is_repaired_and_counted() {
     let (deleted, _) = want
         .entries
         .iter()
-        .find(|(key, _)| matches!(key, EntryKey::Rule { .. }))
+        .find(|(key, _)| matches!(key, EntryKey::Rule { .. } | EntryKey::RulePort(_)))
         .expect("a rule");
     store.delete(active, deleted).expect("delete");
     store
@@ -290,4 +290,33 @@ fn writes_that_never_land_refuse_the_apply_and_keep_the_policy_in_force() {
         .expect_err("nothing lands");
     assert!(matches!(error, DatapathError::Verify { .. }), "{error}");
     assert_eq!(in_force(&slots), before);
+}
+
+#[test]
+fn a_single_port_rule_written_into_the_trie_by_hand_is_removed() {
+    let mut slots = slots();
+    slots
+        .apply(&allow_db(), &labels(&[(10, 256)]))
+        .expect("apply");
+    let want = in_force(&slots);
+    let (port_key, value) = want
+        .entries
+        .iter()
+        .find_map(|(key, value)| match key {
+            EntryKey::RulePort(data) => Some((*data, *value)),
+            _ => None,
+        })
+        .expect("a single-port rule");
+    let active = slots.store().active_slot().expect("active");
+    // The kernel would find this in the trie whenever the hash misses: it is drift, not policy.
+    let in_trie = EntryKey::Rule {
+        bits: enforcer_common::RULE_EXACT_BITS,
+        data: port_key,
+    };
+    slots
+        .store_mut_for_tests()
+        .put(active, &in_trie, &value)
+        .expect("put");
+    assert_eq!(slots.reconcile().expect("reconcile").total(), 1);
+    assert_eq!(in_force(&slots), want);
 }
