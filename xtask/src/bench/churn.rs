@@ -66,9 +66,9 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<Section> {
         let mut version = 0;
         for _ in 0..rounds {
             quiet.push(bench.load("tcp", secs)?);
-            let before = counters(bench, daemon)?;
+            let before = bench.counters(daemon)?;
             let mut round = under_reloads(bench, daemon, &dir, secs, &mut version)?;
-            let after = counters(bench, daemon)?;
+            let after = bench.counters(daemon)?;
             round.counters = after
                 .into_iter()
                 .filter(|(name, _)| !EXPECTED.contains(&name.as_str()))
@@ -184,18 +184,6 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<Section> {
         body,
         files: Vec::new(),
     })
-}
-
-/// The daemon's verdict counters, from `enforcer status`.
-fn counters(bench: &Bench, daemon: &Daemon) -> anyhow::Result<BTreeMap<String, u64>> {
-    let status = bench.control(daemon, "status")?;
-    let counters = status["daemon"]["counters"]
-        .as_object()
-        .with_context(|| format!("no counters in the status: {status}"))?;
-    Ok(counters
-        .iter()
-        .filter_map(|(name, n)| Some((name.clone(), n.as_u64()?)))
-        .collect())
 }
 
 /// Runs the load for `secs` while another thread writes and reloads a new version every period.

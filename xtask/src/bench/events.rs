@@ -159,11 +159,12 @@ fn flood(bench: &Bench, daemon: &Daemon, secs: f64) -> anyhow::Result<Flood> {
 
 /// The kernel's `denied` and `events_lost` counters, from `enforcer status`.
 fn counters(bench: &Bench, daemon: &Daemon) -> anyhow::Result<(u64, u64)> {
-    let status = bench.control(daemon, "status")?;
+    let counters = bench.counters(daemon)?;
     let read = |name: &str| {
-        status["daemon"]["counters"][name]
-            .as_u64()
-            .with_context(|| format!("no counter {name} in the status: {status}"))
+        counters
+            .get(name)
+            .copied()
+            .with_context(|| format!("no counter {name} in the status: {counters:?}"))
     };
     Ok((read("denied")?, read("events_lost")?))
 }

@@ -24,6 +24,7 @@ mod reference;
 mod stats;
 
 use std::{
+    collections::BTreeMap,
     env, fs,
     path::{Path, PathBuf},
     process::Command,
@@ -444,6 +445,21 @@ impl Bench {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+
+    /// The daemon's verdict counters by name, from `enforcer status`.
+    ///
+    /// # Errors
+    /// When the daemon does not answer or its status has no counters.
+    pub fn counters(&self, daemon: &Daemon) -> anyhow::Result<BTreeMap<String, u64>> {
+        let status = self.control(daemon, "status")?;
+        let counters = status["daemon"]["counters"]
+            .as_object()
+            .with_context(|| format!("no counters in the status: {status}"))?;
+        Ok(counters
+            .iter()
+            .filter_map(|(name, n)| Some((name.clone(), n.as_u64()?)))
+            .collect())
     }
 
     /// `program` with `args`, to run as the client: in the client's cgroup and namespace.
