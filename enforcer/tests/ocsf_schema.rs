@@ -117,8 +117,12 @@ fn base() -> FlowRecord {
             name: "enforcer-probe".to_owned(),
             cmd_line: Some("enforcer-probe tcp-connect 10.0.0.2 5432".to_owned()),
             uid: 0,
+            user_name: Some("root".to_owned()),
+            executable: Some("/usr/local/bin/enforcer-probe".to_owned()),
+            parent_pid: Some(4200),
         }),
         process_from_socket: false,
+        workload: None,
         layer: Layer::Socket,
         rule: FlowRule {
             uid: "rules/20-finance.toml:31".to_owned(),
@@ -132,6 +136,7 @@ fn base() -> FlowRecord {
             is_virtual: false,
         },
         count: 1,
+        span: None,
     }
 }
 
@@ -212,6 +217,9 @@ fn samples() -> Vec<FlowRecord> {
                 name: "postgres".to_owned(),
                 cmd_line: None,
                 uid: 70,
+                user_name: None,
+                executable: None,
+                parent_pid: None,
             }),
             ..base.clone()
         },

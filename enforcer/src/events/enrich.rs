@@ -192,6 +192,7 @@ fn record(
             _ => Layer::Socket,
         },
         process_from_socket: event.flags & EVENT_PROCESS_FROM_SOCKET != 0,
+        workload: None,
         rule: rule(context, event),
         policy_version: context.map_or_else(
             || UNKNOWN_VERSION.to_owned(),
@@ -200,6 +201,7 @@ fn record(
         mode: if audited { Mode::Audit } else { Mode::Enforce },
         node: node.clone(),
         count: 1,
+        span: None,
         swept_ports: Vec::new(),
     }
 }
@@ -272,6 +274,9 @@ fn process(event: &FlowEvent) -> FlowProcess {
         name: String::from_utf8_lossy(&event.comm[..end]).into_owned(),
         cmd_line,
         uid: event.uid,
+        user_name: None,
+        executable: None,
+        parent_pid: None,
     }
 }
 

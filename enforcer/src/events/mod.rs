@@ -2,6 +2,7 @@
 //! decided, rendered for sinks.
 
 mod aggregate;
+pub mod ecs;
 mod enrich;
 pub mod ocsf;
 mod record;

@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use enforcer_common::protocol;
 use serde_json::{Map, Value, json};
 
-use super::{FlowEndpoint, FlowNode, FlowRecord, PolicyRejection, Verdict};
+use super::{FlowEndpoint, FlowNode, FlowRecord, PolicyRejection, Report, Verdict};
 
 /// OCSF schema version the events follow.
 pub const OCSF_VERSION: &str = "1.1.0";
@@ -228,6 +228,16 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
     event
 }
 
+/// Renders any report: a flow record, a lateral-movement alert or a policy rejection.
+#[must_use]
+pub fn render_report(report: &Report, product: &Product) -> Value {
+    match report {
+        Report::Flow(record) => render(record, product),
+        Report::Alert(alert) => alert::render_alert(alert, product),
+        Report::Rejection(rejection) => render_rejection(rejection, product),
+    }
+}
+
 /// Renders one record as a single JSON line (no trailing newline).
 #[must_use]
 pub fn to_json_line(record: &FlowRecord, product: &Product) -> String {
@@ -283,5 +293,8 @@ fn rejection_message(rejection: &PolicyRejection) -> String {
     )
 }
 
+mod alert;
 #[cfg(test)]
 mod tests;
+
+pub use self::alert::render_alert;

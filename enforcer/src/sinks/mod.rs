@@ -1,129 +1,161 @@
-//! Where events go. Today: OCSF JSON lines to stdout or a file.
+//! Where reports go: any number of sinks, each behind a bounded queue of its own, so that a sink
+//! that is slow or down never holds up enforcement, the event pipeline or the other sinks. What a
+//! sink could not deliver is counted, per sink, in attempts as well as in reports, so that the
+//! event accounting (Σ count delivered + lost = attempts) holds at every sink.
+//!
+//! The contract every sink kind implements is [`Sink`]; [`SinkSpec`] says which sinks to run
+//! (from `[[sink]]` in the daemon's config file, or `--events`), and [`SinkStats`] is what each
+//! one counts, read by the metrics endpoint and the daemon's status.
+
+mod json_lines;
+pub mod otlp;
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, Write},
-    path::{Path, PathBuf},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use crate::events::{
-    FlowRecord, PolicyRejection,
-    ocsf::{Product, render_rejection, to_json_line},
-};
+pub use self::json_lines::JsonLines;
+use crate::events::Report;
 
-/// Errors delivering an event.
+/// Errors building or running a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("opening {path}")]
     Open {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: std::io::Error,
     },
     #[error("writing an event")]
-    Write(#[source] io::Error),
+    Write(#[source] std::io::Error),
 }
 
-/// One OCSF JSON object per line, flushed per event so a tailing SIEM agent sees it at once.
-/// Flow events and policy rejections share the sink, in the order they happened, so a SIEM sees
-/// a rejected policy next to the denials of the policy that stayed in force.
-pub struct JsonLines {
-    out: Box<dyn Write + Send>,
-    product: Product,
+/// The schema a JSON sink (file, stdout) writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JsonFormat {
+    /// OCSF 1.1.0, as POLICY.md defines the event contract.
+    #[default]
+    Ocsf,
+    /// Elastic Common Schema, for Elastic users.
+    Ecs,
 }
 
-impl std::fmt::Debug for JsonLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLines").finish_non_exhaustive()
-    }
+/// What a syslog message carries after its RFC 5424 header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyslogFormat {
+    /// The OCSF JSON object as the message.
+    #[default]
+    Ocsf,
+    /// ArcSight Common Event Format.
+    Cef,
 }
 
-impl JsonLines {
-    /// Writes to standard output.
+/// How syslog messages travel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyslogTransport {
+    /// One datagram per message (RFC 5426): no delivery is confirmed.
+    Udp,
+    /// Octet-counted frames (RFC 6587) over TCP.
+    Tcp,
+    /// Octet-counted frames over TLS (RFC 5425), the server checked against `ca_file`.
+    Tls {
+        ca_file: PathBuf,
+        /// The name the server's certificate must carry (default: the address's host).
+        server_name: Option<String>,
+    },
+}
+
+/// Size-based rotation of a file sink: at `bytes`, `path` becomes `path.1` (and so on up to
+/// `keep`, the oldest removed) and a new `path` is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub bytes: u64,
+    pub keep: u32,
+}
+
+/// One kind of sink and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    File {
+        path: PathBuf,
+        format: JsonFormat,
+        rotation: Option<Rotation>,
+    },
+    Stdout {
+        format: JsonFormat,
+    },
+    Syslog {
+        address: SocketAddr,
+        transport: SyslogTransport,
+        format: SyslogFormat,
+    },
+    /// OTLP logs over gRPC.
+    Otlp {
+        /// `http://host:port` (or `https://`).
+        endpoint: String,
+    },
+}
+
+/// A sink to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// A name for logs and metrics: `file:/var/log/…`, `syslog:127.0.0.1:6514`, …
+    pub name: String,
+    pub kind: SinkKind,
+    /// Reports the sink's queue holds while it is slow or down; beyond it reports are lost
+    /// (counted).
+    pub queue: usize,
+}
+
+/// What one sink counts. Reports and the attempts they stand for ([`Report::attempts`]) are
+/// counted apart: a SIEM's figures are attempts, a queue's are reports.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Reports handed to the sink's queue (or lost at it).
+    pub offered: AtomicU64,
+    pub offered_attempts: AtomicU64,
+    /// Reports the sink's destination accepted.
+    pub delivered: AtomicU64,
+    pub delivered_attempts: AtomicU64,
+    /// Reports lost because the queue was full.
+    pub dropped: AtomicU64,
+    pub dropped_attempts: AtomicU64,
+    /// Reports lost because delivery failed for good (an unrenderable report, a rejected
+    /// write after every retry, a queue left undelivered at shutdown).
+    pub failed: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    /// Delivery attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Reports waiting in the queue now.
+    pub queued: AtomicU64,
+    /// 1 while the sink holds a working connection (always 1 for files and stdout).
+    pub connected: AtomicU64,
+}
+
+impl SinkStats {
+    /// `offered == delivered + dropped + failed + queued`, in reports and in attempts: what the
+    /// accounting tests and the status check.
     #[must_use]
-    pub fn stdout(product: Product) -> Self {
-        Self {
-            out: Box::new(io::stdout()),
-            product,
-        }
-    }
-
-    /// Appends to `path`, creating it if needed.
-    ///
-    /// # Errors
-    /// When the file cannot be opened for appending.
-    pub fn file(path: &Path, product: Product) -> Result<Self, SinkError> {
-        let file: File = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| SinkError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            out: Box::new(file),
-            product,
-        })
-    }
-
-    /// Writes one record.
-    ///
-    /// # Errors
-    /// When the write fails.
-    pub fn send(&mut self, record: &FlowRecord) -> Result<(), SinkError> {
-        let line = to_json_line(record, &self.product);
-        self.write_line(&line)
-    }
-
-    /// Writes one policy rejection.
-    ///
-    /// # Errors
-    /// When the write fails.
-    pub fn send_rejection(&mut self, rejection: &PolicyRejection) -> Result<(), SinkError> {
-        let line = render_rejection(rejection, &self.product).to_string();
-        self.write_line(&line)
-    }
-
-    fn write_line(&mut self, line: &str) -> Result<(), SinkError> {
-        writeln!(self.out, "{line}")
-            .and_then(|()| self.out.flush())
-            .map_err(SinkError::Write)
+    pub fn balanced(&self) -> bool {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        get(&self.offered)
+            == get(&self.delivered) + get(&self.dropped) + get(&self.failed) + get(&self.queued)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
+/// A destination for reports. The fan-out owns each sink on a task of its own: it hands the
+/// sink batches from the sink's queue, and on an error backs off, calls [`Sink::reset`], and
+/// retries the same batch, so that a sink only has to deliver or say that it did not.
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// Delivers every report of `batch`, in order, or fails as a whole (the fan-out retries it).
+    async fn deliver(&mut self, batch: &[Arc<Report>]) -> Result<(), SinkError>;
 
-    use serde_json::Value;
-
-    use super::*;
-    use crate::events::FlowNode;
-
-    #[test]
-    fn a_rejection_is_one_line_of_its_own() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("events.jsonl");
-        let mut sink = JsonLines::file(&path, Product::default()).expect("open");
-        let rejection = PolicyRejection {
-            time: SystemTime::now(),
-            node: FlowNode {
-                hostname: "app-1".to_owned(),
-                is_virtual: false,
-            },
-            policy_dir: "/etc/enforcer/policy".to_owned(),
-            origin: "control".to_owned(),
-            errors: vec!["p.toml:2:1: first\nwith a newline".to_owned()],
-            in_force_version: Some("abc123".to_owned()),
-            in_force_generation: 1,
-        };
-        sink.send_rejection(&rejection).expect("send");
-        sink.send_rejection(&rejection).expect("send");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        let event: Value = serde_json::from_str(lines[0]).expect("JSON");
-        assert_eq!(event, render_rejection(&rejection, &Product::default()));
-    }
+    /// Drops whatever connection the sink holds, so that the next delivery reconnects.
+    async fn reset(&mut self) {}
 }

@@ -5,7 +5,7 @@ use std::{
 
 use super::*;
 use crate::{
-    events::{FlowNode, FlowProcess, FlowRule, Layer, PolicyRejection},
+    events::{FlowNode, FlowProcess, FlowRule, FlowWorkload, Layer, PolicyRejection},
     policy::{Labels, Mode},
 };
 
@@ -45,8 +45,16 @@ fn denial() -> FlowRecord {
             name: "curl".to_owned(),
             cmd_line: Some("curl db:5432".to_owned()),
             uid: 1000,
+            user_name: Some("alice".to_owned()),
+            executable: Some("/usr/bin/curl".to_owned()),
+            parent_pid: Some(41),
         }),
         process_from_socket: false,
+        workload: Some(FlowWorkload {
+            cgroup_path: "/system.slice/web.service".to_owned(),
+            systemd_unit: Some("web.service".to_owned()),
+            container_id: None,
+        }),
         layer: Layer::Socket,
         rule: FlowRule {
             uid: "rules/web.toml:12".to_owned(),
@@ -60,6 +68,7 @@ fn denial() -> FlowRecord {
             is_virtual: false,
         },
         count: 1,
+        span: None,
     }
 }
 
