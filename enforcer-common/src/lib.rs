@@ -70,10 +70,15 @@ pub mod maps {
     /// the generation that let it in), so that the socket hooks leave a server's reply to them to
     /// the packet layer instead of judging it as a connection of its own.
     pub const ARRIVED: &str = "ARRIVED";
+    /// `HashMap<ReportKey, ReportRepeats>`: repeats of denied and audited attempts, by window
+    /// half (see [`report`](crate::report)).
+    pub const REPORTS: &str = "REPORTS";
+    /// `Array<u32>`, one entry: the window half the kernel counts repeats into now.
+    pub const REPORT_WINDOW: &str = "REPORT_WINDOW";
 
     /// Every map, as pinned under an instance's bpffs directory so that a restarted daemon
     /// adopts them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         ACTIVE_SLOT,
         SLOT_CONFIG,
         CGROUP_IDENTITY,
@@ -93,6 +98,8 @@ pub mod maps {
         MANAGED_ROOT,
         FLOWS,
         ARRIVED,
+        REPORTS,
+        REPORT_WINDOW,
     ];
 }
 
@@ -100,7 +107,7 @@ pub mod maps {
 /// a later daemon only when it was built for the same version (and the same sizes); bump it on any
 /// change to a map or to a type stored in one, so that a new daemon puts fresh maps beside the
 /// old ones instead of misreading them.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Map sizes. User space refuses a policy that would not fit rather than letting an insert fail
 /// half-way.
@@ -222,7 +229,13 @@ pub mod counter {
     /// recorded in the flow table, and judged where it arrives, with both real identities, by
     /// the socket layer of the receiving workload or the interface layer of the node.
     pub const HANDED_OFF: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// A denied or audited attempt counted as a repeat in the aggregation map instead of written
+    /// to the ring buffer (see [`report`](crate::report)). Not a verdict.
+    pub const AGGREGATED: u32 = 25;
+    /// The aggregation map was full: the attempt went to the ring buffer on its own. Not a
+    /// verdict.
+    pub const AGGREGATION_FULL: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -251,6 +264,8 @@ pub mod counter {
         "revoked",
         "judged_at_origin",
         "handed_off",
+        "aggregated",
+        "aggregation_full",
     ];
 }
 
@@ -628,6 +643,8 @@ pub struct FlowEvent {
 }
 
 pub mod decide;
+pub mod report;
+pub use report::{ReportKey, ReportRepeats};
 
 const _: () = {
     assert!(size_of::<CgroupKey>() == 16);

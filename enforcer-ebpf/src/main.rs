@@ -14,6 +14,10 @@
 //! The decision itself is `enforcer_common::decide`, shared with user space; maps are in `maps`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no compare-and-swap, so core's atomics offer no `fetch_add`,
+// while the instruction (BPF_ATOMIC add) exists.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod cgroup;
 mod ctx;

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use enforcer_common::{
     AddrKey, AddrLpmData, AddrValue, ArrivedKey, CgroupKey, CgroupLabel, FlowKey, FlowState,
     IdentityInfo, IdentityKey, ListenerKey, ListenerValue, LocalAddrKey, MAP_NO_PREALLOC,
-    RuleLpmData, RuleValue, Runtime, SlotConfig, SocketOwner, SocketVerdict, capacity, counter,
+    ReportKey, ReportRepeats, RuleLpmData, RuleValue, Runtime, SlotConfig, SocketOwner,
+    SocketVerdict, capacity, counter, report::REPORT_ENTRIES,
 };
 
 #[map]
@@ -79,6 +80,20 @@ pub(crate) static MANAGED_ROOT: CgroupArray = CgroupArray::with_max_entries(1, 0
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// A plain hash, not an LRU: an evicted entry would lose the repeats it counted. A full map is
+/// counted, and its attempts go to the ring buffer one by one.
+#[map]
+pub(crate) static REPORTS: HashMap<ReportKey, ReportRepeats> =
+    HashMap::with_max_entries(REPORT_ENTRIES, 0);
+
+/// Not pinned: scratch of the running programs, nothing to carry over.
+#[map]
+pub(crate) static REPORT_SCRATCH: PerCpuArray<crate::report::ReportScratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static REPORT_WINDOW: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);

@@ -3,14 +3,16 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use enforcer_common::{
-    FLOW_EVENT_VERSION, FLOW_OUTBOUND, FlowEvent, SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT,
-    counter,
+    EVENT_REVOKED, FLOW_EVENT_VERSION, FLOW_OUTBOUND, FlowEvent, ReportKey, ReportRepeats,
+    SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT, counter,
     decide::{Decision, fold_protocol},
     is_ipv4_mapped,
 };
 
-use crate::maps::{EVENTS, SOCKET_VERDICTS, count};
+use crate::maps::{EVENTS, REPORT_SCRATCH, REPORT_WINDOW, REPORTS, SOCKET_VERDICTS, count};
 
 /// What a hook knows of the flow besides the decision.
 pub(crate) struct Flow {
@@ -76,9 +78,137 @@ pub(crate) fn conclude<F: FnOnce() -> Actor>(flow: &Flow, decision: &Decision, a
     }
 }
 
-/// Writes one event; a full buffer is counted, never silent.
+/// Reports one attempt: a repeat of an attempt already reported in this window is only counted
+/// in the aggregation map; a first attempt (or any, while that map is full or the scratch is in
+/// use) is written to the ring buffer. A full ring buffer is counted, never silent.
 #[inline(never)]
 fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(scratch) = REPORT_SCRATCH.get_ptr_mut(0) else {
+        write_event(flow, decision, actor, now);
+        return;
+    };
+    // The key is built in per-CPU scratch, not on the stack, which the deepest hooks have no
+    // room left on. A program that interrupts another on this CPU (a softirq's packet hook
+    // during a connect) finds the scratch busy and reports its attempt on its own: unaggregated,
+    // never miscounted. The flag is set before the key is written and cleared after its last
+    // use, with volatile stores so that neither moves.
+    // SAFETY: `scratch` points to this CPU's live map value.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*scratch).busy) != 0 {
+            write_event(flow, decision, actor, now);
+            return;
+        }
+        core::ptr::write_volatile(&raw mut (*scratch).busy, 1);
+        fill_key(&mut (*scratch).key, flow, decision, actor);
+        let aggregated = aggregate(&(*scratch).key, flow, actor, now);
+        core::ptr::write_volatile(&raw mut (*scratch).busy, 0);
+        if !aggregated {
+            write_event(flow, decision, actor, now);
+        }
+    }
+}
+
+/// Per-CPU room for one [`ReportKey`], and whether a program on this CPU is using it.
+#[repr(C)]
+pub(crate) struct ReportScratch {
+    busy: u64,
+    key: ReportKey,
+}
+
+#[inline(always)]
+fn fill_key(key: &mut ReportKey, flow: &Flow, decision: &Decision, actor: &Actor) {
+    key.half = REPORT_WINDOW.get(0).map_or(0, |half| (*half & 1) as u8);
+    key.hook = flow.hook;
+    key.verdict = decision.verdict;
+    key.reason = decision.reason;
+    key.protocol = flow.protocol;
+    key.ip_version = if is_ipv4_mapped(&flow.dst_addr) { 4 } else { 6 };
+    key.flags = actor.flags;
+    key._pad0 = 0;
+    key.generation = flow.generation;
+    key.rule_id = decision.rule_id;
+    key.src_identity = decision.src_identity;
+    key.dst_identity = decision.dst_identity;
+    key.pid = actor.pid;
+    key.uid = actor.uid;
+    key.dst_port = flow.dst_port;
+    key._pad1 = [0; 6];
+    key.cgroup_id = actor.cgroup_id;
+    key.src_addr = flow.src_addr;
+    key.dst_addr = flow.dst_addr;
+    key.socket_cookie = if actor.flags & EVENT_REVOKED != 0 {
+        flow.socket_cookie
+    } else {
+        0
+    };
+}
+
+/// Counts the attempt of `key` as a repeat, or records it as the first of its window; `false`
+/// when it must go to the ring buffer: a first attempt, or any while the map is full (counted).
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the zeroed record would be copied onto the BPF stack"
+)]
+fn aggregate(key: &ReportKey, flow: &Flow, actor: &Actor, now: u64) -> bool {
+    if let Some(repeats) = REPORTS.get_ptr_mut(key) {
+        add_repeat(repeats, now);
+        return true;
+    }
+    // Inserted zeroed from read-only data and filled in place, so that no second record needs
+    // room on the stack. BPF_NOEXIST: another CPU may have inserted the key since the lookup;
+    // then this attempt is its repeat.
+    if REPORTS.insert(key, &NO_REPEATS, BPF_NOEXIST).is_err() {
+        if let Some(repeats) = REPORTS.get_ptr_mut(key) {
+            add_repeat(repeats, now);
+            return true;
+        }
+        count(counter::AGGREGATION_FULL);
+    } else if let Some(repeats) = REPORTS.get_ptr_mut(key) {
+        // SAFETY: a live map value; no other CPU writes these fields (only `count` and the
+        // times of repeats, which a racing repeat may set first and which stay valid).
+        unsafe {
+            (*repeats).last_ns = now;
+            (*repeats).netns_cookie = flow.netns_cookie;
+            (*repeats).comm = actor.comm;
+            (*repeats).src_port = flow.src_port;
+        }
+    }
+    false
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+static NO_REPEATS: ReportRepeats = ReportRepeats {
+    count: 0,
+    first_ns: 0,
+    last_ns: 0,
+    netns_cookie: 0,
+    comm: [0; 16],
+    src_port: 0,
+    _pad: [0; 6],
+};
+
+#[inline(always)]
+fn add_repeat(repeats: *mut ReportRepeats, now: u64) {
+    // SAFETY: `repeats` points to a live map value; the count is shared by every CPU and only
+    // ever added to atomically; the times are plain stores, whichever CPU writes last wins.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*repeats).count, 1);
+        if (*repeats).first_ns == 0 {
+            (*repeats).first_ns = now;
+        }
+        (*repeats).last_ns = now;
+    }
+    count(counter::AGGREGATED);
+}
+
+/// Writes one event to the ring buffer. A call of its own, so that its temporaries do not add
+/// to the frame of [`submit`] on the deepest hooks.
+#[inline(never)]
+fn write_event(flow: &Flow, decision: &Decision, actor: &Actor, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -105,7 +235,7 @@ fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
         (*event).dst_port = flow.dst_port;
         (*event)._pad1 = 0;
         (*event).cgroup_id = actor.cgroup_id;
-        (*event).boot_ns = bpf_ktime_get_boot_ns();
+        (*event).boot_ns = now;
         (*event).src_addr = flow.src_addr;
         (*event).dst_addr = flow.dst_addr;
         (*event).comm = actor.comm;

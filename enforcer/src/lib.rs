@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod config;
 /// The local control socket the CLI verbs (`reload`, `rollback`, `reconcile`, `status`) use.
 pub mod control;
 pub mod daemon;
@@ -28,5 +29,6 @@ pub mod events;
 /// Facts the kernel tells over netlink: network namespaces, local addresses, route sources.
 pub mod host;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod sinks;

@@ -7,8 +7,10 @@ use clap::Parser as _;
 use enforcer::{
     cli::{self, Cli, Command, RunArgs, summary},
     compile::Limits,
+    config::{ConfigError, DaemonConfig, events_flag_sink},
     control::Request,
-    daemon::{self, DaemonError, EventsTarget, RunConfig},
+    daemon::{self, DaemonError, RunConfig},
+    events::DetectorConfig,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -25,7 +27,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             report(&error);
-            ExitCode::FAILURE
+            // A config file the daemon refuses is a usage error, like a bad flag.
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -76,15 +83,42 @@ fn answer(args: &cli::InstanceArgs, request: &Request) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config file (if any) with the flags over it: `--aggregate-window` and `--metrics-listen`
+/// replace the file's keys, `--events` adds its sink beside the file's, and a daemon left with
+/// no sink at all writes OCSF to standard output.
+fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => DaemonConfig::load(path)?,
+        None => DaemonConfig::default(),
+    };
+    if let Some(window) = args.aggregate_window {
+        config.events.aggregate_window = window;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics = Some(enforcer::config::MetricsConfig { listen });
+    }
+    if let Some(events) = &args.events {
+        config
+            .sinks
+            .push(events_flag_sink(events, config.events.queue));
+    }
+    if config.sinks.is_empty() {
+        config
+            .sinks
+            .push(events_flag_sink("-", config.events.queue));
+    }
+    Ok(config)
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = daemon_config(&args)?;
+    let lateral = &file.events.lateral_movement;
     let config = RunConfig {
         policy_dir: args.policy,
         node: node_name(args.node)?,
         cgroup_root: args.cgroup_root,
-        events: match args.events.as_str() {
-            "-" => EventsTarget::Stdout,
-            path => EventsTarget::File(path.into()),
-        },
+        sinks: file.sinks.clone(),
+        metrics_listen: file.metrics.as_ref().map(|metrics| metrics.listen),
         ready_file: args.ready_file,
         event_buffer_bytes: args.event_buffer_kib * 1024,
         netns: args.netns,
@@ -102,6 +136,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         on_exit: args.on_exit,
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
         reload_debounce: Duration::from_millis(args.reload_debounce_ms),
+        aggregate_window: file.events.aggregate_window,
+        detection: lateral.enabled.then(|| DetectorConfig {
+            window: lateral.window,
+            distinct_targets: lateral.distinct_targets,
+            ..DetectorConfig::default()
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,9 +161,14 @@ fn node_name(node: Option<String>) -> anyhow::Result<String> {
     }
 }
 
-/// Policy errors are listed one per line (each names file:line:column); anything else prints its
-/// chain of causes.
+/// Policy and config errors are listed one per line (each names file:line:column); anything else
+/// prints its chain of causes.
 fn report(error: &anyhow::Error) {
+    if let Some(config) = error.downcast_ref::<ConfigError>() {
+        eprintln!("{config}");
+        eprintln!("error: the daemon's config file is invalid; nothing was started");
+        return;
+    }
     match error.downcast_ref::<DaemonError>() {
         Some(DaemonError::Policy(errors)) => {
             eprintln!("{errors}");

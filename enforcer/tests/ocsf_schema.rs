@@ -8,13 +8,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use enforcer::{
     events::{
-        FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, PolicyRejection, Verdict,
-        ocsf::{Product, render, render_rejection, to_json_line},
+        AlertTarget, FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, FlowWorkload,
+        LateralMovementAlert, Layer, NETWORK_SERVICE_DISCOVERY, PatternKind, PolicyRejection,
+        Report, Verdict,
+        ocsf::{Product, render, render_alert, render_rejection, render_report, to_json_line},
     },
     policy::{Labels, Mode},
 };
@@ -396,6 +398,201 @@ fn the_rejection_validator_holds_them_to_their_class() {
         ("a class the enforcer does not emit", |e| {
             e["class_uid"] = json!(6002);
             e["type_uid"] = json!(600_201);
+        }),
+    ];
+    let lines: Vec<String> = mutations
+        .iter()
+        .map(|(what, mutate)| {
+            let mut event = good.clone();
+            mutate(&mut event);
+            assert_ne!(event, good, "{what}: the mutation did not apply");
+            event.to_string()
+        })
+        .collect();
+    let output = validate(&lines);
+    let report = report(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for (number, (what, _)) in (1..).zip(mutations) {
+        assert!(
+            report.contains(&format!("events.jsonl:{number}: ")),
+            "{what} (line {number}) accepted: {report}"
+        );
+    }
+}
+
+/// A flow record with everything `/proc` can add: the workload of a container and the span of an
+/// aggregated record.
+#[test]
+fn a_flow_with_its_workload_and_span_validates() {
+    let id = "4f3c5a0e9b8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b";
+    let now = SystemTime::now();
+    let record = FlowRecord {
+        workload: Some(FlowWorkload {
+            cgroup_path: format!("/system.slice/docker-{id}.scope"),
+            systemd_unit: Some(format!("docker-{id}.scope")),
+            container_id: Some(id.to_owned()),
+        }),
+        count: 3,
+        span: Some((now - Duration::from_secs(2), now)),
+        ..base()
+    };
+    let lines = [to_json_line(&record, &Product::default())];
+    let output = validate(&lines);
+    let report = report(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("1 events valid"), "{report}");
+}
+
+fn alert_target(ip: IpAddr, port: Option<u16>, protocol: u8, name: &str) -> AlertTarget {
+    AlertTarget {
+        ip,
+        port,
+        protocol,
+        name: name.to_owned(),
+    }
+}
+
+/// A port scan by a known process, a sweep of one port, an ICMP sweep over IPv6, an inbound
+/// fan-out from the world without a process, and one with more targets than listed.
+fn alerts() -> Vec<LateralMovementAlert> {
+    let now = SystemTime::now();
+    let scan = LateralMovementAlert {
+        time: now,
+        first_seen: now - Duration::from_millis(800),
+        kind: PatternKind::PortScan,
+        technique: NETWORK_SERVICE_DISCOVERY,
+        src: endpoint("web", v4(1), Some(40000)),
+        process: base().process,
+        workload: Some(FlowWorkload {
+            cgroup_path: "/system.slice/web.service".to_owned(),
+            systemd_unit: Some("web.service".to_owned()),
+            container_id: None,
+        }),
+        targets: (1..=10)
+            .map(|port| alert_target(v4(2), Some(port), 6, "db"))
+            .collect(),
+        distinct_targets: 10,
+        distinct_destinations: 1,
+        distinct_ports: 10,
+        attempts: 14,
+        window: Duration::from_secs(60),
+        policy_version: "40103edb9c3cae46".to_owned(),
+        outbound: true,
+        ip_version: 4,
+        node: FlowNode {
+            hostname: "app-1".to_owned(),
+            is_virtual: false,
+        },
+    };
+    vec![
+        scan.clone(),
+        LateralMovementAlert {
+            kind: PatternKind::Sweep,
+            targets: (2..12)
+                .map(|last| alert_target(v4(last), Some(22), 6, "db"))
+                .collect(),
+            distinct_destinations: 10,
+            distinct_ports: 1,
+            ..scan.clone()
+        },
+        LateralMovementAlert {
+            kind: PatternKind::Sweep,
+            src: endpoint("web", v6(1), None),
+            targets: (2..12)
+                .map(|last| alert_target(v6(last), None, 58, "@world"))
+                .collect(),
+            distinct_destinations: 10,
+            distinct_ports: 1,
+            ip_version: 6,
+            process: None,
+            workload: None,
+            ..scan.clone()
+        },
+        LateralMovementAlert {
+            kind: PatternKind::FanOut,
+            src: endpoint("@world", IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), None),
+            targets: (0..10_u8)
+                .map(|i| {
+                    alert_target(
+                        v4(2 + i % 3),
+                        Some(1000 + u16::from(i)),
+                        6 + (i % 2) * 11,
+                        "db",
+                    )
+                })
+                .collect(),
+            distinct_destinations: 3,
+            distinct_ports: 10,
+            outbound: false,
+            process: None,
+            workload: None,
+            node: FlowNode {
+                hostname: "app-1".to_owned(),
+                is_virtual: true,
+            },
+            ..scan.clone()
+        },
+        LateralMovementAlert {
+            kind: PatternKind::FanOut,
+            targets: (0..16_u8)
+                .map(|i| {
+                    alert_target(
+                        v4(2 + i % 5),
+                        Some(2000 + u16::from(i)),
+                        6,
+                        &format!("n{i}"),
+                    )
+                })
+                .collect(),
+            distinct_targets: 300,
+            distinct_destinations: 5,
+            distinct_ports: 60,
+            attempts: 1200,
+            ..scan
+        },
+    ]
+}
+
+#[test]
+fn rendered_alerts_validate() {
+    let product = Product::default();
+    let lines: Vec<String> = alerts()
+        .iter()
+        .map(|alert| render_alert(alert, &product).to_string())
+        .chain(
+            alerts()
+                .into_iter()
+                .map(|alert| render_report(&Report::Alert(alert), &product).to_string()),
+        )
+        .collect();
+    let output = validate(&lines);
+    let report = report(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("{} events valid", lines.len())),
+        "{report}"
+    );
+}
+
+/// What an alert adds to a flow event is held to the schema too: an attack, an observable and the
+/// process's file each reject an attribute or value outside it.
+#[test]
+fn the_validator_holds_alerts_to_the_schema() {
+    let good = render_alert(&alerts()[0], &Product::default());
+    let mutations: [Mutation; 4] = [
+        ("unknown attack attribute", |e| {
+            e["attacks"][0]["score"] = json!(9);
+        }),
+        ("observable type out of range", |e| {
+            e["observables"][0]["type_id"] = json!(1234);
+        }),
+        ("file without its required type", |e| {
+            if let Some(file) = e["actor"]["process"]["file"].as_object_mut() {
+                file.remove("type_id");
+            }
+        }),
+        ("container outside the declared profiles", |e| {
+            e["actor"]["process"]["container"] = json!({ "uid": "abc" });
         }),
     ];
     let lines: Vec<String> = mutations

@@ -35,11 +35,13 @@
 //! See `tests/README.md` for how to add a test.
 
 pub mod cgroup;
+pub mod collector;
 pub mod daemon;
 pub mod events;
 pub mod fleet;
 pub mod instance;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod ocsf;
 pub mod policy;
@@ -57,3 +59,7 @@ pub use netns::{NetNs, VethEnd, VethPair};
 pub use policy::PolicyDir;
 pub use privileges::require_privileges;
 pub use probe::{Listener, Probe, ProbeOutcome, Proto, Stream};
+
+/// A real rsyslogd on loopback, shared with the enforcer crate's sink tests.
+#[path = "../../enforcer/tests/support/rsyslog.rs"]
+pub mod rsyslog;

@@ -1,7 +1,11 @@
-//! A full event ring buffer is counted, never silent: every denied attempt is either an event in
-//! the file or a lost event in the kernel's counter, and the verdict applied either way.
+//! Every denied attempt is accounted for exactly: repeats are counted in the kernel's aggregation
+//! map and reported as one event with a `count`, first attempts go through the ring buffer, and a
+//! full ring buffer is counted, never silent. For any burst, Σ count over the events written plus
+//! the kernel's counted losses equals the attempts, and the kernel's own counters agree.
 
 use std::process::Command;
+
+use serde_json::Value;
 
 use enforcer_tests::{Daemon, Lab, probe::probe_bin, require_privileges};
 
@@ -36,50 +40,127 @@ fn counter(stderr: &str, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("counter {name} in {line}: {e}"))
 }
 
-#[test]
-fn a_burst_beyond_the_ring_buffer_is_counted_as_lost_and_nothing_else_goes_missing() {
-    if !require_privileges() {
-        return;
-    }
-    const ATTEMPTS: u32 = 3000;
-    let lab = Lab::builder()
-        .workload("web")
-        .policy("main.toml", POLICY)
-        .no_daemon()
-        .start();
-    // One page of ring buffer holds a few dozen events: a burst of thousands must overflow it.
-    let mut args = lab.daemon_args();
-    let extra = ["--event-buffer-kib", "4"];
-    args.extra = &extra;
-    let mut daemon = Daemon::start(&args);
-
-    // The probe's burst mode prints counts, not the one-attempt result `Probe::run` parses.
+/// Runs the probe's burst from the `web` workload: `count` datagrams over `ports` ports.
+fn burst(lab: &Lab, count: u32, ports: u16) {
     let out = Command::new(probe_bin())
         .arg("--cgroup")
         .arg(lab.cgroup_root().join("web"))
         .args(["--netns", lab.client_ns().name()])
         .args(["udp-burst", &lab.server4().to_string(), "5300"])
-        .arg(ATTEMPTS.to_string())
+        .arg(count.to_string())
+        .arg(ports.to_string())
         .output()
         .expect("run the probe");
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(out.status.success(), "probe failed: {line}");
     assert!(
-        line.starts_with(&format!("sent={ATTEMPTS} refused={ATTEMPTS} ")),
+        line.starts_with(&format!("sent={count} refused={count} ")),
         "every datagram must be refused: {line}"
     );
+}
 
+/// Σ `count` over the flow events (class 4001, severity below 4: alerts count no attempts).
+fn attempts_reported(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .filter(|e| e["class_uid"] == 4001 && e["severity_id"].as_u64() != Some(4))
+        .map(|e| e["count"].as_u64().expect("every flow event has a count"))
+        .sum()
+}
+
+#[test]
+fn a_burst_of_150000_denied_attempts_is_reported_in_full_as_a_few_aggregated_events() {
+    if !require_privileges() {
+        return;
+    }
+    const ATTEMPTS: u32 = 150_000;
+    let lab = Lab::builder()
+        .workload("web")
+        .policy("main.toml", POLICY)
+        .no_daemon()
+        .start();
+    let mut args = lab.daemon_args();
+    let extra = ["--aggregate-window", "1s"];
+    args.extra = &extra;
+    let mut daemon = Daemon::start(&args);
+    burst(&lab, ATTEMPTS, 1);
+    // Two windows: the one the burst ended in has closed and been drained.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let during = daemon.events();
     let status = daemon.stop().expect("the daemon was running");
     assert!(status.success(), "daemon exited with {status}");
     let stderr = daemon.stderr();
-    let reported = u64::try_from(daemon.events().len()).expect("count fits");
+    let events = daemon.events();
+    let reported = attempts_reported(&events);
     let lost = counter(&stderr, "events_lost");
-    let denied = counter(&stderr, "denied");
+    assert_eq!(counter(&stderr, "denied"), u64::from(ATTEMPTS));
     assert_eq!(
-        denied,
+        reported + lost,
         u64::from(ATTEMPTS),
-        "every attempt got a counted verdict"
+        "Σ count ({reported}) + lost ({lost}) must be every attempt; events: {}",
+        events.len()
     );
+    assert!(
+        lost * 100 < u64::from(ATTEMPTS),
+        "{lost} of {ATTEMPTS} lost: at least 1 %"
+    );
+    assert_eq!(
+        attempts_reported(&during),
+        reported,
+        "the aggregated count was reported when its window closed, not only at shutdown"
+    );
+    assert!(
+        events.len() < 100,
+        "one attempt repeated must become a few events, not {}",
+        events.len()
+    );
+    let aggregated = events
+        .iter()
+        .find(|e| e["count"].as_u64().is_some_and(|c| c > 1))
+        .expect("an aggregated event");
+    assert_eq!(aggregated["dst_endpoint"]["port"], 5300);
+    assert!(
+        aggregated["start_time"].as_u64() <= aggregated["end_time"].as_u64(),
+        "an aggregated event spans its attempts: {aggregated}"
+    );
+    // The kernel's side: each attempt went to the ring buffer (an event of its own), to the
+    // aggregation map (a repeat, drained into an event that spans its attempts), or was lost.
+    let (spanning, single): (Vec<&Value>, Vec<&Value>) =
+        events.iter().partition(|e| e.get("start_time").is_some());
+    let drained: u64 = spanning.iter().filter_map(|e| e["count"].as_u64()).sum();
+    assert_eq!(drained, counter(&stderr, "aggregated"));
+    assert_eq!(
+        u64::try_from(single.len()).expect("fits") + drained + lost,
+        u64::from(ATTEMPTS)
+    );
+}
+
+#[test]
+fn a_burst_beyond_the_ring_buffer_is_counted_as_lost_and_nothing_else_goes_missing() {
+    if !require_privileges() {
+        return;
+    }
+    const ATTEMPTS: u32 = 6000;
+    // Distinct destinations: each port's first attempt needs a ring-buffer record of its own.
+    const PORTS: u16 = 2000;
+    let lab = Lab::builder()
+        .workload("web")
+        .policy("main.toml", POLICY)
+        .no_daemon()
+        .start();
+    // One page of ring buffer holds a few dozen events: 2000 first attempts must overflow it.
+    let mut args = lab.daemon_args();
+    let extra = ["--event-buffer-kib", "4", "--aggregate-window", "1s"];
+    args.extra = &extra;
+    let mut daemon = Daemon::start(&args);
+    burst(&lab, ATTEMPTS, PORTS);
+    let status = daemon.stop().expect("the daemon was running");
+    assert!(status.success(), "daemon exited with {status}");
+    let stderr = daemon.stderr();
+    let events = daemon.events();
+    let reported = attempts_reported(&events);
+    let lost = counter(&stderr, "events_lost");
+    assert_eq!(counter(&stderr, "denied"), u64::from(ATTEMPTS));
     assert!(
         lost > 0,
         "the burst did not overflow a 4 KiB ring buffer ({reported} reported)"

@@ -8,9 +8,10 @@ use crate::{cargo_bin_dir, command, exec, output, path_with, require_root, say};
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 and nftables (the DNAT tests) for the labs,
 /// bpftool (the drift tests edit pinned maps with it, as an operator would), nmap, hping3 and
-/// iperf3 (traffic tools for the fleet tests), iptables (a contender in the bench), and venv
-/// support for Debian's own python3 (the OCSF validator).
-const APT_PACKAGES: [&str; 12] = [
+/// iperf3 (traffic tools for the fleet tests), iptables (a contender in the bench), venv
+/// support for Debian's own python3 (the OCSF validator), rsyslog with its TLS driver (the real
+/// SIEM receiver of the syslog sink tests).
+const APT_PACKAGES: [&str; 14] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -23,6 +24,8 @@ const APT_PACKAGES: [&str; 12] = [
     "iperf3",
     "iptables",
     "python3-venv",
+    "rsyslog",
+    "rsyslog-gnutls",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const NIGHTLY: &str = "nightly";
@@ -37,6 +40,7 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     ocsf_venv(workspace)?;
+    ecs_definitions(workspace)?;
     say("set-up complete");
     Ok(())
 }
@@ -163,4 +167,44 @@ fn ocsf_venv(workspace: &Path) -> anyhow::Result<()> {
             .arg(&requirements),
     )?;
     fs::write(&stamp, wanted).context("writing the venv stamp")
+}
+
+/// ECS's field definitions (npm `@elastic/ecs`, pinned by `tests/ecs/package-lock.json`), which
+/// the ECS schema test checks every rendered document against. Node.js comes from Debian when
+/// the machine has none.
+fn ecs_definitions(workspace: &Path) -> anyhow::Result<()> {
+    let dir = workspace.join("tests/ecs");
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let lock = dir.join("package-lock.json");
+    let fresh = |a: &Path, b: &Path| -> bool {
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((modified(a), modified(b)), (Some(a), Some(b)) if a >= b)
+    };
+    if fresh(&stamp, &lock) {
+        say("ECS field definitions: present (tests/ecs/node_modules)");
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        say("ECS field definitions: installing Debian's nodejs and npm");
+        exec(
+            "apt-get install nodejs npm",
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "nodejs",
+                    "npm",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    say("ECS field definitions: npm ci in tests/ecs");
+    exec(
+        "npm ci",
+        command("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir),
+    )
 }

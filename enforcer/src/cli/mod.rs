@@ -4,7 +4,7 @@
 mod check;
 mod instance;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -91,9 +91,17 @@ pub struct RunArgs {
     /// cgroup2 mount point).
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
-    /// Where OCSF JSON lines go: a file (appended) or `-` for standard output.
-    #[arg(long, default_value = "-")]
-    pub events: String,
+    /// The daemon's config file (TOML: `[events]`, `[[sink]]`, `[metrics]`; see
+    /// docs/configuration.md). Flags given on the command line override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An OCSF JSON-lines sink to add beside the config file's: a file (appended) or `-` for
+    /// standard output. With neither this nor a `[[sink]]`, events go to standard output.
+    #[arg(long)]
+    pub events: Option<String>,
+    /// Where the Prometheus endpoint listens (`127.0.0.1:9464`); overrides `[metrics] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// A file to create once the policy is enforced (for supervisors and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -144,6 +152,21 @@ pub struct RunArgs {
     /// Milliseconds the policy directory must stay quiet before a change is reloaded.
     #[arg(long, default_value_t = 300)]
     pub reload_debounce_ms: u64,
+    /// Identical denied attempts within this window are reported as one event with a count; the
+    /// first goes out at once (`10s`, `500ms`, `1m`).
+    /// Overrides `[events] aggregate_window` (default 10s).
+    #[arg(long, value_parser = aggregate_window)]
+    pub aggregate_window: Option<Duration>,
+}
+
+fn aggregate_window(text: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(text).map_err(|error| format!("{text:?}: {error}"))?;
+    if window < Duration::from_millis(200) || window > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text}: the aggregation window must be between 200ms and 1h"
+        ));
+    }
+    Ok(window)
 }
 
 fn event_buffer_kib(text: &str) -> Result<u32, String> {

@@ -41,13 +41,6 @@ use crate::{
     sinks::SinkError,
 };
 
-/// Where events go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventsTarget {
-    Stdout,
-    File(PathBuf),
-}
-
 /// What happens to enforcement when the daemon exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnExit {
@@ -64,7 +57,10 @@ pub struct RunConfig {
     pub node: String,
     /// `None`: the cgroup2 mount point.
     pub cgroup_root: Option<PathBuf>,
-    pub events: EventsTarget,
+    /// Where reports go; each sink has its own bounded queue.
+    pub sinks: Vec<crate::sinks::SinkSpec>,
+    /// Where the Prometheus endpoint listens; `None`: no endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Created once the policy is enforced, for supervisors and tests.
     pub ready_file: Option<PathBuf>,
     /// Size of the kernel's event ring buffer; a burst larger than it loses events (counted).
@@ -89,6 +85,11 @@ pub struct RunConfig {
     pub reconcile_interval: Duration,
     /// How long the policy directory must be quiet before a change is reloaded.
     pub reload_debounce: Duration,
+    /// Identical attempts within this window are reported as one event with a count (the first
+    /// at once).
+    pub aggregate_window: Duration,
+    /// Lateral-movement detection; `None`: off.
+    pub detection: Option<crate::events::DetectorConfig>,
 }
 
 /// Why the daemon stopped or could not start.
@@ -100,6 +101,8 @@ pub enum DaemonError {
     Rejected { errors: Vec<String> },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error(transparent)]

@@ -1,7 +1,20 @@
-//! The event pipeline: one task reads the kernel's ring buffer and enriches what it reads, one
-//! writes records to the sink. They are joined by a bounded channel, so a slow sink makes the
-//! reader wait and the ring buffer fill (the kernel then counts what it cannot write), and
-//! neither ever waits on the reconciler.
+//! The event pipeline, three stages joined by bounded channels:
+//!
+//! 1. the reader ([`read_events`]) takes what the kernel reported: first attempts from the ring
+//!    buffer (revoked flows' sockets go to the revoker as they are read), and each window's
+//!    repeats from the aggregation map, drained when the window closes;
+//! 2. the enricher ([`enrich_events`]) resolves each to a [`FlowRecord`] (identities, rule,
+//!    process, workload), collapses interface-layer sweeps, and runs lateral-movement detection;
+//! 3. the sinks (`crate::sinks`), each with a bounded queue of its own.
+//!
+//! Neither of the first two ever waits on the reconciler. A slow enricher makes the reader wait
+//! (the ring buffer then fills, and the kernel counts what it cannot write); sinks never make the
+//! enricher wait: what a sink's queue cannot hold is counted as that sink's loss.
+//!
+//! Accounting: every attempt the kernel reported leaves the enricher in exactly one flow report,
+//! counted in the metrics (`enforcer_attempts_reported_total`, of which the repeats drained from
+//! the aggregation map are `enforcer_attempts_aggregated_total`); each sink counts what it
+//! delivered and lost.
 
 use std::{
     collections::BTreeMap,
@@ -10,6 +23,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use enforcer_common::{FLOW_EVENT_VERSION, FlowEvent, ReportKey, ReportRepeats};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
@@ -19,52 +33,72 @@ use tracing::{error, warn};
 
 use super::revoke::{Revocation, Revoker};
 use crate::{
-    events::{Aggregator, Enricher, FlowRecord, PolicyContext, PolicyRejection, decode},
-    sinks::JsonLines,
+    datapath::{Drained, FLIP_GRACE, ReportWindows},
+    events::{Aggregator, Detector, Enricher, FlowRecord, PolicyContext, Report, decode},
+    metrics::{LossStage, Metrics},
+    sinks::Fanout,
 };
 
 /// Events handled per turn before the reader looks at its other inputs.
 const EVENTS_PER_TURN: usize = 512;
 
-/// Records waiting for the sink.
-pub const SINK_QUEUE: usize = 4096;
+/// Attempts waiting between the reader and the enricher.
+pub const RAW_QUEUE: usize = 8192;
 
 /// How long arrivals from one source to one destination are collapsed into one record.
 const SWEEP_WINDOW: Duration = Duration::from_secs(1);
 
-/// What the sink task writes.
+/// One kernel report on its way to the enricher, stamped with wall-clock times.
 #[derive(Debug)]
-pub enum Outgoing {
-    Flow(Box<FlowRecord>),
-    Rejection(Box<PolicyRejection>),
+pub enum Raw {
+    /// An attempt from the ring buffer.
+    Attempt { event: FlowEvent, time: SystemTime },
+    /// The repeats of one attempt in a window that closed.
+    Repeats {
+        event: FlowEvent,
+        count: u64,
+        first: SystemTime,
+        last: SystemTime,
+    },
 }
 
-/// Reads the ring buffer until `cancel`, then drains what is left and returns. Revoked flows'
-/// sockets go to `revoker` as they are read.
-pub async fn read_events(
-    mut ring: AsyncFd<RingBuf<MapData>>,
-    mut enricher: Enricher,
-    mut revoker: Revoker,
-    mut contexts: watch::Receiver<BTreeMap<u32, Arc<PolicyContext>>>,
-    unknown: watch::Sender<u64>,
-    out: mpsc::Sender<Outgoing>,
-    cancel: CancellationToken,
-) {
-    enricher.set_generations(contexts.borrow_and_update().clone());
-    let mut sweeps = Aggregator::new(SWEEP_WINDOW);
-    let mut sweep_check = tokio::time::interval(SWEEP_WINDOW / 4);
-    sweep_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The reader's inputs.
+pub struct Reader {
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    pub windows: ReportWindows,
+    /// How long a window lasts: repeats are reported once per window.
+    pub window: Duration,
+    pub revoker: Revoker,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Reads the ring buffer and closes aggregation windows until `cancel`; then closes the window
+/// in progress and drains what is left, and returns.
+pub async fn read_events(mut reader: Reader, out: mpsc::Sender<Raw>, cancel: CancellationToken) {
+    let mut windows =
+        tokio::time::interval_at(tokio::time::Instant::now() + reader.window, reader.window);
+    windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The half closed at the last flip and when it may be drained.
+    let mut closing: Option<(u8, tokio::time::Instant)> = None;
     loop {
-        let records = tokio::select! {
+        let drain_at = closing.map(|(_, at)| at);
+        let raw = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            changed = contexts.changed() => {
-                if changed.is_err() { break; }
-                enricher.set_generations(contexts.borrow_and_update().clone());
+            () = sleep_until(drain_at) => match closing.take() {
+                Some((half, _)) => drain_window(&mut reader, half),
+                None => continue,
+            },
+            _ = windows.tick(), if closing.is_none() => {
+                match reader.windows.flip() {
+                    Ok(half) => closing = Some((half, tokio::time::Instant::now() + FLIP_GRACE)),
+                    Err(error) => {
+                        warn!(%error, "closing an aggregation window failed; its repeats stay counted in the kernel");
+                    }
+                }
                 continue;
             }
-            _ = sweep_check.tick() => sweeps.expire(Instant::now()),
-            guard = ring.readable_mut() => {
+            guard = reader.ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(guard) => guard,
                     Err(error) => {
@@ -72,80 +106,247 @@ pub async fn read_events(
                         break;
                     }
                 };
-                let records = drain(guard.get_inner_mut(), &mut enricher, &mut revoker, EVENTS_PER_TURN);
+                let raw = read_ring(guard.get_inner_mut(), &mut reader.revoker, &reader.metrics, EVENTS_PER_TURN);
                 // A full turn may have left events behind: stay ready so the next turn reads on.
-                if records.read < EVENTS_PER_TURN {
+                if raw.len() < EVENTS_PER_TURN {
                     guard.clear_ready();
                 }
-                unknown.send_replace(enricher.unknown_generations());
-                let now = Instant::now();
-                records
-                    .records
-                    .into_iter()
-                    .filter_map(|record| sweeps.admit(record, now))
-                    .collect()
+                raw
             }
         };
-        if !send_all(&out, records).await {
+        if !send_all(&out, raw).await {
             return;
         }
     }
-    let records = drain(ring.get_mut(), &mut enricher, &mut revoker, usize::MAX);
-    unknown.send_replace(enricher.unknown_generations());
-    let now = Instant::now();
-    let mut last: Vec<FlowRecord> = records
-        .records
-        .into_iter()
-        .filter_map(|record| sweeps.admit(record, now))
-        .collect();
-    last.extend(sweeps.flush());
+    let mut last = read_ring(
+        reader.ring.get_mut(),
+        &mut reader.revoker,
+        &reader.metrics,
+        usize::MAX,
+    );
+    if let Some((half, _)) = closing.take() {
+        tokio::time::sleep(FLIP_GRACE).await;
+        last.extend(drain_window(&mut reader, half));
+    }
+    // The window in progress: its repeats so far, so that a daemon that stops reports them.
+    // Repeats counted after the flip stay in the kernel for the next daemon.
+    match reader.windows.flip() {
+        Ok(half) => {
+            tokio::time::sleep(FLIP_GRACE).await;
+            last.extend(drain_window(&mut reader, half));
+        }
+        Err(error) => warn!(%error, "closing the last aggregation window failed"),
+    }
+    last.extend(read_ring(
+        reader.ring.get_mut(),
+        &mut reader.revoker,
+        &reader.metrics,
+        usize::MAX,
+    ));
     send_all(&out, last).await;
 }
 
-/// Hands `records` to the sink; `false` when the sink is gone.
-async fn send_all(out: &mpsc::Sender<Outgoing>, records: Vec<FlowRecord>) -> bool {
-    for record in records {
-        if out.send(Outgoing::Flow(Box::new(record))).await.is_err() {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands `raw` to the enricher; `false` when it is gone.
+async fn send_all(out: &mpsc::Sender<Raw>, raw: Vec<Raw>) -> bool {
+    for item in raw {
+        if out.send(item).await.is_err() {
             return false;
         }
     }
     true
 }
 
-struct Drained {
-    read: usize,
-    records: Vec<FlowRecord>,
-}
-
-fn drain(
+fn read_ring(
     ring: &mut RingBuf<MapData>,
-    enricher: &mut Enricher,
     revoker: &mut Revoker,
+    metrics: &Metrics,
     limit: usize,
-) -> Drained {
-    let mut drained = Drained {
-        read: 0,
-        records: Vec::new(),
-    };
+) -> Vec<Raw> {
+    let mut raw = Vec::new();
     let clock = Clock::read();
-    while drained.read < limit {
+    let mut read = 0;
+    while read < limit {
         let Some(item) = ring.next() else {
             break;
         };
-        drained.read += 1;
+        read += 1;
         match decode(&item) {
             Ok(event) => {
                 if let Some(revocation) = Revocation::of(&event) {
                     revoker.revoke(revocation);
                 }
-                drained
-                    .records
-                    .push(enricher.enrich(&event, clock.decided_at(event.boot_ns)));
+                raw.push(Raw::Attempt {
+                    event,
+                    time: clock.decided_at(event.boot_ns),
+                });
             }
-            Err(error) => warn!(%error, "undecodable event"),
+            Err(error) => {
+                metrics.events_lost(LossStage::Pipeline).inc();
+                warn!(%error, "undecodable event");
+            }
         }
     }
+    raw
+}
+
+fn drain_window(reader: &mut Reader, half: u8) -> Vec<Raw> {
+    let drained = match reader.windows.drain(half) {
+        Ok(drained) => drained,
+        Err(error) => {
+            warn!(%error, "draining an aggregation window failed; its repeats are drained when it closes again");
+            return Vec::new();
+        }
+    };
+    let clock = Clock::read();
+    let aggregated = reader.metrics.attempts_aggregated();
     drained
+        .into_iter()
+        .map(|(key, repeats): Drained| {
+            aggregated.inc_by(repeats.count);
+            let event = event_of(&key, &repeats);
+            // The first attempt's record may have been lost to a full ring buffer: a revoked
+            // socket is aborted all the same (aborting one already gone does nothing).
+            if let Some(revocation) = Revocation::of(&event) {
+                reader.revoker.revoke(revocation);
+            }
+            Raw::Repeats {
+                event,
+                count: repeats.count,
+                first: clock.decided_at(repeats.first_ns),
+                last: clock.decided_at(repeats.last_ns),
+            }
+        })
+        .collect()
+}
+
+/// The attempt an aggregation entry counts, as the ring buffer would have carried it (the time
+/// of its latest repeat).
+const fn event_of(key: &ReportKey, repeats: &ReportRepeats) -> FlowEvent {
+    FlowEvent {
+        version: FLOW_EVENT_VERSION,
+        hook: key.hook,
+        verdict: key.verdict,
+        reason: key.reason,
+        protocol: key.protocol,
+        ip_version: key.ip_version,
+        flags: key.flags,
+        generation: key.generation,
+        rule_id: key.rule_id,
+        src_identity: key.src_identity,
+        dst_identity: key.dst_identity,
+        pid: key.pid,
+        uid: key.uid,
+        src_port: repeats.src_port,
+        dst_port: key.dst_port,
+        _pad1: 0,
+        cgroup_id: key.cgroup_id,
+        boot_ns: repeats.last_ns,
+        src_addr: key.src_addr,
+        dst_addr: key.dst_addr,
+        comm: repeats.comm,
+        socket_cookie: key.socket_cookie,
+        netns_cookie: repeats.netns_cookie,
+    }
+}
+
+/// The enricher's inputs.
+pub struct Enrichment {
+    pub enricher: Enricher,
+    pub contexts: watch::Receiver<BTreeMap<u32, Arc<PolicyContext>>>,
+    pub unknown: watch::Sender<u64>,
+    /// `None`: lateral-movement detection is off.
+    pub detector: Option<Detector>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Enriches what the reader sends until it is gone, then flushes open sweeps and returns.
+pub async fn enrich_events(
+    mut enrichment: Enrichment,
+    mut incoming: mpsc::Receiver<Raw>,
+    out: Arc<Fanout>,
+) {
+    let mut contexts = enrichment.contexts.clone();
+    enrichment
+        .enricher
+        .set_generations(contexts.borrow_and_update().clone());
+    let mut contexts_open = true;
+    let mut sweeps = Aggregator::new(SWEEP_WINDOW);
+    let mut housekeeping = tokio::time::interval(SWEEP_WINDOW / 4);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let records: Vec<FlowRecord> = tokio::select! {
+            biased;
+            changed = contexts.changed(), if contexts_open => {
+                if changed.is_ok() {
+                    enrichment.enricher.set_generations(contexts.borrow_and_update().clone());
+                } else {
+                    contexts_open = false;
+                }
+                continue;
+            }
+            _ = housekeeping.tick() => {
+                let now = Instant::now();
+                if let Some(detector) = &mut enrichment.detector {
+                    detector.expire(now);
+                }
+                sweeps.expire(now)
+            }
+            raw = incoming.recv() => {
+                let Some(raw) = raw else { break };
+                let record = enrich(&mut enrichment.enricher, &raw);
+                enrichment.unknown.send_replace(enrichment.enricher.unknown_generations());
+                sweeps.admit(record, Instant::now()).into_iter().collect()
+            }
+        };
+        publish(&mut enrichment, records, &out);
+    }
+    let rest = sweeps.flush();
+    publish(&mut enrichment, rest, &out);
+}
+
+fn enrich(enricher: &mut Enricher, raw: &Raw) -> FlowRecord {
+    match raw {
+        Raw::Attempt { event, time } => enricher.enrich(event, *time),
+        Raw::Repeats {
+            event,
+            count,
+            first,
+            last,
+        } => {
+            let mut record = enricher.enrich(event, *last);
+            // Beyond u32::MAX repeats in one window (400 million a second for 10 s) the count
+            // saturates.
+            record.count = u32::try_from(*count).unwrap_or(u32::MAX);
+            record.span = Some((*first, *last));
+            record
+        }
+    }
+}
+
+/// Runs detection over `records` and hands them, and any alert, to the sinks (which never
+/// wait: a sink's full queue is that sink's counted loss).
+fn publish(enrichment: &mut Enrichment, records: Vec<FlowRecord>, out: &Fanout) {
+    let now = Instant::now();
+    let reported = enrichment.metrics.attempts_reported();
+    for record in records {
+        let alert = enrichment
+            .detector
+            .as_mut()
+            .and_then(|detector| detector.observe(&record, now));
+        reported.inc_by(u64::from(record.count));
+        out.publish(Arc::new(Report::Flow(record)));
+        if let Some(alert) = alert {
+            enrichment.metrics.alerts(alert.kind).inc();
+            out.publish(Arc::new(Report::Alert(alert)));
+        }
+    }
 }
 
 /// Turns the kernel's decision stamps (`CLOCK_BOOTTIME`) into wall-clock times, so that events
@@ -178,25 +379,5 @@ impl Clock {
         };
         let age = boot_now.saturating_sub(Duration::from_nanos(boot_ns));
         self.now.checked_sub(age).unwrap_or(self.now)
-    }
-}
-
-/// Writes records until every sender is gone, on a thread of its own: sink writes block (a full
-/// pipe, a slow disk), and must not hold up the async tasks. A failed write is counted and
-/// logged, never fatal: the daemon's exit is not the sink's to decide.
-pub fn write_events(mut sink: JsonLines, mut incoming: mpsc::Receiver<Outgoing>) {
-    let mut undelivered = 0_u64;
-    while let Some(outgoing) = incoming.blocking_recv() {
-        let sent = match &outgoing {
-            Outgoing::Flow(record) => sink.send(record),
-            Outgoing::Rejection(rejection) => sink.send_rejection(rejection),
-        };
-        if let Err(error) = sent {
-            undelivered += 1;
-            error!(%error, undelivered, "an event could not be written");
-        }
-    }
-    if undelivered > 0 {
-        warn!(undelivered, "events the sink failed to write");
     }
 }

@@ -19,7 +19,6 @@ use tracing::{error, info, warn};
 pub use super::generation::{Candidate, Loaded, candidate, now_seconds};
 use super::{
     DaemonError, OnExit, RunConfig, error_chain,
-    pipeline::Outgoing,
     state::{GenerationRecord, Rejection, StateDir, Status},
 };
 use crate::{
@@ -29,6 +28,7 @@ use crate::{
     events::{FlowNode, PolicyContext, PolicyRejection},
     host::{NetNs, interfaces},
     identity::{CgroupTree, IdentityAllocator},
+    metrics::ReloadResult,
     policy,
 };
 
@@ -75,8 +75,8 @@ pub struct Inputs {
     pub commands: mpsc::Receiver<Command>,
     pub trees: watch::Receiver<Arc<CgroupTree>>,
     pub addresses: watch::Receiver<BTreeSet<IpAddr>>,
-    /// The sink's queue, for policy-rejected events.
-    pub rejections: mpsc::Sender<Outgoing>,
+    /// The sinks, for policy-rejected events.
+    pub rejections: Arc<crate::sinks::Fanout>,
     pub contexts: watch::Sender<BTreeMap<u32, Arc<PolicyContext>>>,
     pub unknown_generations: watch::Receiver<u64>,
 }
@@ -94,6 +94,8 @@ pub struct Reconciler {
     /// The tree the labels were last synced from.
     pub synced: Arc<CgroupTree>,
     pub events_lost: u64,
+    /// Verdict counters and reload results for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The node's network namespace, whose interfaces the interface layer covers.
     pub node_netns: NetNs,
     /// The interfaces covered now.
@@ -201,6 +203,8 @@ impl Reconciler {
             .as_ref()
             .is_some_and(|active| active.context.compiled.version == policy.version);
         if unchanged {
+            self.metrics
+                .record_reload(ReloadResult::Unchanged, SystemTime::now());
             return Response::ok(
                 "the policy in force is unchanged",
                 json!({ "generation": self.status.generation, "written": 0 }),
@@ -347,6 +351,12 @@ impl Reconciler {
         self.status.standby_generation = self.datapath.slots().standby_generation();
         self.status.last_written = written;
         self.save_status();
+        self.metrics
+            .record_reload(ReloadResult::Applied, SystemTime::now());
+        self.metrics.set_policy(
+            self.status.version.as_deref().unwrap_or("unknown"),
+            u64::from(self.status.generation),
+        );
     }
 
     fn kept_generations(&self) -> BTreeSet<u32> {
@@ -382,13 +392,12 @@ impl Reconciler {
             in_force_version: self.status.version.clone(),
             in_force_generation: self.status.generation,
         };
-        // Never wait on the sink: a full queue loses this event (said here), not the reload.
-        if let Err(error) = inputs
+        // Sinks never wait: a sink whose queue is full counts this report as lost.
+        inputs
             .rejections
-            .try_send(Outgoing::Rejection(Box::new(event)))
-        {
-            warn!(%error, "the policy-rejected event could not be queued for the sink");
-        }
+            .publish(Arc::new(crate::events::Report::Rejection(event)));
+        self.metrics
+            .record_reload(ReloadResult::Rejected, SystemTime::now());
         Response::failed(
             format!(
                 "policy rejected ({} errors); generation {} stays in force",
@@ -530,9 +539,11 @@ impl Reconciler {
     }
 
     fn check_losses(&mut self) {
-        let lost = self
-            .datapath_counters()
-            .and_then(|values| values.get(counter::EVENTS_LOST as usize).copied());
+        let counters = self.datapath_counters();
+        if let Some(values) = &counters {
+            self.metrics.set_kernel_counters(values);
+        }
+        let lost = counters.and_then(|values| values.get(counter::EVENTS_LOST as usize).copied());
         if let Some(lost) = lost.filter(|lost| *lost > self.events_lost) {
             warn!(
                 lost_since_last_check = lost - self.events_lost,

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{
-    DaemonError, EventsTarget, RunConfig, error_chain,
-    pipeline::{self, SINK_QUEUE},
+    DaemonError, RunConfig, error_chain,
+    pipeline::{self, Enrichment, RAW_QUEUE, Reader},
     reconciler::{self, Inputs, Loaded, Reconciler},
     revoke::Revoker,
     state::{StateDir, Status},
@@ -24,12 +24,17 @@ use crate::{
     compile::{self, CompiledPolicy},
     control,
     datapath::{Adoption, DatapathError, KernelDatapath, LoadOptions, PinDir, bpf_lsm_active},
-    events::{Enricher, FlowNode, ocsf::Product},
+    events::{Detector, Enricher, FlowNode, ocsf::Product},
     host::{AddressWatcher, NetNs, SourceResolver, local_addresses, netns_cookie},
     identity::{CgroupTree, CgroupWatcher, Identities, IdentityAllocator, find_cgroup2_mount},
+    metrics::{self, Metrics, sink_label},
     policy::{self, Policy},
-    sinks::JsonLines,
+    sinks::Fanout,
 };
+
+/// How long the sinks get at exit to deliver what they still hold; the rest is counted lost.
+/// Short, so that a sink that is down does not hold up a supervisor's restart.
+const SINK_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Commands waiting for the reconciler.
 const COMMAND_QUEUE: usize = 64;
@@ -190,10 +195,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             asked: cgroup_root,
         });
     }
-    let sink = match &config.events {
-        EventsTarget::Stdout => JsonLines::stdout(Product::default()),
-        EventsTarget::File(path) => JsonLines::file(path, Product::default())?,
-    };
+    let fanout = Arc::new(Fanout::start(config.sinks.clone(), Product::default())?);
+    let metrics = Arc::new(Metrics::new(
+        fanout
+            .stats()
+            .into_iter()
+            .zip(&config.sinks)
+            .enumerate()
+            .map(|(index, ((_, stats), spec))| (sink_label(index, &spec.kind), stats))
+            .collect(),
+    ));
     let node_netns = match &config.netns {
         Some(path) => NetNs::open(path.clone())?,
         None => NetNs::own()?,
@@ -247,11 +258,11 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         },
         synced: Arc::new(CgroupTree::default()),
         events_lost: 0,
+        metrics: metrics.clone(),
         node_netns: node_netns.try_clone()?,
         interfaces: Vec::new(),
     };
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-    let (sink_tx, sink_rx) = mpsc::channel(SINK_QUEUE);
     let (contexts_tx, contexts_rx) = watch::channel(BTreeMap::new());
     let (unknown_tx, unknown_rx) = watch::channel(0);
     let (trees_tx, trees) = watch::channel(Arc::new(CgroupTree::default()));
@@ -260,14 +271,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         commands,
         trees,
         addresses,
-        rejections: sink_tx.clone(),
+        rejections: fanout.clone(),
         contexts: contexts_tx,
         unknown_generations: unknown_rx,
     };
-    let sink_thread = std::thread::Builder::new()
-        .name("event-sink".into())
-        .spawn(move || pipeline::write_events(sink, sink_rx))
-        .map_err(io_error("starting the event sink thread".to_owned()))?;
     let watchers = match enforce(
         &mut reconciler,
         &inputs,
@@ -284,10 +291,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             {
                 warn!(error = %unpin, "removing the pins of a failed start");
             }
-            // Every sender must go, or the sink thread (which drains them) is never done.
             drop(inputs);
-            drop(sink_tx);
-            let _ = sink_thread.join();
+            if let Ok(fanout) = Arc::try_unwrap(fanout) {
+                fanout.shutdown(SINK_DRAIN).await;
+            }
             return Err(error);
         }
     };
@@ -345,15 +352,41 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     ));
     let (revoker, revoker_thread) = Revoker::spawn(node_netns.try_clone()?, reconciler.node_cookie)
         .map_err(io_error("starting the revoker thread".to_owned()))?;
+    let windows = reconciler
+        .datapath
+        .take_reports()
+        .ok_or(DatapathError::MissingMap(enforcer_common::maps::REPORTS))?;
+    let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
     let reader = tokio::spawn(pipeline::read_events(
-        ring,
-        enricher,
-        revoker,
-        contexts_rx,
-        unknown_tx,
-        sink_tx,
+        Reader {
+            ring,
+            windows,
+            window: config.aggregate_window,
+            revoker,
+            metrics: metrics.clone(),
+        },
+        raw_tx,
         cancel.clone(),
     ));
+    let enricher = tokio::spawn(pipeline::enrich_events(
+        Enrichment {
+            enricher,
+            contexts: contexts_rx,
+            unknown: unknown_tx,
+            detector: config.detection.clone().map(Detector::new),
+            metrics: metrics.clone(),
+        },
+        raw_rx,
+        fanout.clone(),
+    ));
+    let metrics_server = match config.metrics_listen {
+        Some(listen) => {
+            let server = metrics::serve(listen, metrics.clone(), cancel.clone()).await?;
+            info!(address = %server.local_addr, "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
     if let Some(ready) = &config.ready_file {
         fs::write(ready, format!("{}\n", std::process::id())).map_err(io_error(format!(
             "writing the ready file {}",
@@ -366,11 +399,20 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     if let Err(error) = reader.await {
         error!(%error, "the event reader failed");
     }
+    if let Err(error) = enricher.await {
+        error!(%error, "the event enricher failed");
+    }
     if revoker_thread.join().is_err() {
         error!("the revoker thread panicked");
     }
-    if sink_thread.join().is_err() {
-        error!("the event sink thread panicked");
+    if let Some(server) = metrics_server
+        && let Err(error) = server.task.await
+    {
+        error!(%error, "the metrics endpoint failed");
+    }
+    match Arc::try_unwrap(fanout) {
+        Ok(fanout) => fanout.shutdown(SINK_DRAIN).await,
+        Err(_) => error!("the sinks are still referenced at exit; what they hold is lost"),
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use super::{
     slots::Datapath,
 };
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -32,7 +32,10 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
 }
 
 /// A delete of a key that is not there: the goal (no such entry) is met.
-fn absent_ok(result: Result<(), MapError>, map: &'static str) -> Result<(), DatapathError> {
+pub(super) fn absent_ok(
+    result: Result<(), MapError>,
+    map: &'static str,
+) -> Result<(), DatapathError> {
     match result {
         Err(MapError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => {
             Ok(())

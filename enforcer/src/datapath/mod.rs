@@ -13,6 +13,7 @@ mod maps;
 mod memory;
 mod pins;
 mod programs;
+mod reports;
 pub mod slots;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use self::{
     memory::MemoryDatapath,
     pins::{PinDir, layout_name},
     programs::{Attached, bpf_lsm_active},
+    reports::{Drained, FLIP_GRACE, ReportWindows},
     slots::{Applied, Datapath, PolicySlots, Repairs},
 };
 use crate::compile::Limits;
@@ -185,6 +187,7 @@ pub struct KernelDatapath {
     slots: PolicySlots<KernelMaps>,
     host: HostMaps,
     events: Option<RingBuf<MapData>>,
+    reports: Option<ReportWindows>,
     lsm: bool,
     /// Why the LSM programs are not loaded although they were asked for.
     lsm_refused: Option<DatapathError>,
@@ -258,11 +261,13 @@ impl KernelDatapath {
             map: names::EVENTS,
             source,
         })?;
+        let reports = ReportWindows::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             slots,
             host,
             events: Some(events),
+            reports: Some(reports),
             lsm: options.lsm && lsm_refused.is_none(),
             lsm_refused,
             pins,
@@ -372,5 +377,10 @@ impl KernelDatapath {
     /// The event ring buffer; `None` once taken.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The kernel's aggregation windows; `None` once taken.
+    pub fn take_reports(&mut self) -> Option<ReportWindows> {
+        self.reports.take()
     }
 }

@@ -21,7 +21,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{FlowRecord, Layer, Verdict};
@@ -43,8 +43,11 @@ struct Window {
     opened: Instant,
     /// The last attempt: the summary carries its time and everything but count and port.
     last: FlowRecord,
-    /// Attempts after the first, which was reported at once.
+    /// Attempts after the first, which was reported at once: the sum of their records' counts
+    /// (the kernel may have aggregated them already).
     attempts: u32,
+    /// When the earliest of those attempts was decided.
+    first: Option<SystemTime>,
     ports: BTreeSet<u16>,
 }
 
@@ -78,7 +81,9 @@ impl Aggregator {
             rule: record.rule.uid.clone(),
         };
         if let Some(window) = self.open.get_mut(&key) {
-            window.attempts = window.attempts.saturating_add(1);
+            window.attempts = window.attempts.saturating_add(record.count);
+            let earliest = record.span.map_or(record.time, |(first, _)| first);
+            window.first = Some(window.first.map_or(earliest, |first| first.min(earliest)));
             if let Some(port) = record.dst.port
                 && window.ports.len() < MAX_PORTS
             {
@@ -93,6 +98,7 @@ impl Aggregator {
                 opened: now,
                 last: record.clone(),
                 attempts: 0,
+                first: None,
                 ports: BTreeSet::new(),
             },
         );
@@ -131,6 +137,7 @@ fn summary(window: Window) -> Option<FlowRecord> {
     }
     let mut record = window.last;
     record.count = window.attempts;
+    record.span = window.first.map(|first| (first, record.time));
     if window.ports.len() > 1 {
         record.dst.port = None;
         record.swept_ports = window.ports.into_iter().collect();

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::SystemTime,
@@ -15,7 +14,10 @@ use enforcer_common::{
     IDENTITY_SEGMENTED, VERDICT_AUDIT, hook, identity, protocol, reason,
 };
 
-use super::{FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, Layer, Verdict};
+use super::{
+    FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowRule, FlowWorkload, Layer, Verdict,
+    process::ProcessCache,
+};
 use crate::{
     compile::CompiledPolicy,
     host::SourceResolver,
@@ -81,6 +83,8 @@ pub struct Enricher {
     /// Asks the routing table (over netlink, opening no inet socket) for the source address of
     /// a connection refused before the kernel bound one; `None` when its worker could not start.
     resolver: Option<SourceResolver>,
+    /// Command lines, executables, parents, user names and cgroups of the processes seen.
+    processes: ProcessCache,
     /// Events explained without a context so far.
     unknown_generations: u64,
 }
@@ -90,7 +94,7 @@ impl Enricher {
     /// node's declared addresses) are the last fallback for the source of an unbound socket;
     /// `resolver`, when its worker started, is asked before them.
     #[must_use]
-    pub const fn new(
+    pub fn new(
         node: FlowNode,
         node_addresses: Vec<IpAddr>,
         resolver: Option<SourceResolver>,
@@ -100,6 +104,7 @@ impl Enricher {
             node,
             node_addresses,
             resolver,
+            processes: ProcessCache::default(),
             unknown_generations: 0,
         }
     }
@@ -129,7 +134,15 @@ impl Enricher {
         if context.is_none() {
             self.unknown_generations += 1;
         }
-        record(context, &self.node, self.source(event), event, time)
+        let src_ip = self.source(event);
+        record(
+            context,
+            &self.node,
+            &mut self.processes,
+            src_ip,
+            event,
+            time,
+        )
     }
 
     /// The source address of `event`: the kernel's, else the route's preferred source in the
@@ -163,6 +176,7 @@ impl Enricher {
 fn record(
     context: Option<&PolicyContext>,
     node: &FlowNode,
+    processes: &mut ProcessCache,
     src_ip: IpAddr,
     event: &FlowEvent,
     time: SystemTime,
@@ -171,6 +185,12 @@ fn record(
     let is_icmp = matches!(event.protocol, protocol::ICMP | protocol::ICMPV6);
     let port = |p: u16| (!is_icmp).then_some(p);
     let audited = event.verdict == VERDICT_AUDIT;
+    let (process, workload) = if event.flags & EVENT_NO_PROCESS == 0 {
+        let (process, workload) = process(event, processes);
+        (Some(process), workload)
+    } else {
+        (None, None)
+    };
     FlowRecord {
         time,
         verdict: if audited {
@@ -184,7 +204,7 @@ fn record(
         revoked: event.flags & EVENT_REVOKED != 0,
         src: endpoint(context, event.src_identity, src_ip, port(event.src_port)),
         dst: endpoint(context, event.dst_identity, dst_ip, port(event.dst_port)),
-        process: (event.flags & EVENT_NO_PROCESS == 0).then(|| process(event)),
+        process,
         layer: match event.hook {
             hook::SKB_EGRESS | hook::SKB_INGRESS => Layer::Packet,
             hook::LSM_CONNECT | hook::LSM_SENDMSG => Layer::Lsm,
@@ -192,7 +212,7 @@ fn record(
             _ => Layer::Socket,
         },
         process_from_socket: event.flags & EVENT_PROCESS_FROM_SOCKET != 0,
-        workload: None,
+        workload,
         rule: rule(context, event),
         policy_version: context.map_or_else(
             || UNKNOWN_VERSION.to_owned(),
@@ -253,31 +273,29 @@ fn endpoint(
     }
 }
 
-fn process(event: &FlowEvent) -> FlowProcess {
+/// The process of `event`: what the kernel reported, with what `/proc` still tells of it, and
+/// the workload its cgroup shows.
+fn process(event: &FlowEvent, processes: &mut ProcessCache) -> (FlowProcess, Option<FlowWorkload>) {
     let end = event
         .comm
         .iter()
         .position(|b| *b == 0)
         .unwrap_or(event.comm.len());
-    let cmd_line = fs::read(format!("/proc/{}/cmdline", event.pid))
-        .ok()
-        .filter(|raw| !raw.is_empty())
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
-    FlowProcess {
+    let details = (event.pid != 0)
+        .then(|| processes.details(event.pid, event.boot_ns))
+        .flatten()
+        .unwrap_or_default();
+    let process = FlowProcess {
         pid: event.pid,
         name: String::from_utf8_lossy(&event.comm[..end]).into_owned(),
-        cmd_line,
+        cmd_line: details.cmd_line,
         uid: event.uid,
-        user_name: None,
-        executable: None,
-        parent_pid: None,
-    }
+        // The uid is the kernel's: its name does not depend on the process still being there.
+        user_name: processes.user_name(event.uid),
+        executable: details.executable,
+        parent_pid: details.parent_pid,
+    };
+    (process, details.workload)
 }
 
 fn rule(context: Option<&PolicyContext>, event: &FlowEvent) -> FlowRule {

@@ -2,6 +2,8 @@
 //!
 //! - [`FlowRecord`]s as Network Activity (class 4001), with the `security_control` and `host`
 //!   profiles;
+//! - [`LateralMovementAlert`](super::LateralMovementAlert)s as Network Activity too, refused, of
+//!   severity 4, with the ATT&CK technique under `attacks` ([`render_alert`]);
 //! - [`PolicyRejection`]s as Device Config State Change (class 5019, category Discovery), with the
 //!   `host` profile (`security_control` is not defined for that class): the node's intended
 //!   configuration, the policy on disk, failed to take effect.
@@ -26,7 +28,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use enforcer_common::protocol;
 use serde_json::{Map, Value, json};
 
-use super::{FlowEndpoint, FlowNode, FlowRecord, PolicyRejection, Report, Verdict};
+use super::{
+    FlowEndpoint, FlowNode, FlowProcess, FlowRecord, FlowWorkload, PolicyRejection, Report, Verdict,
+};
 
 /// OCSF schema version the events follow.
 pub const OCSF_VERSION: &str = "1.1.0";
@@ -207,6 +211,13 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
         if !record.swept_ports.is_empty() {
             unmapped.insert("swept_ports".to_owned(), json!(record.swept_ports));
         }
+        if let Some(workload) = &record.workload {
+            unmapped.insert("workload".to_owned(), workload_object(workload));
+        }
+    }
+    if let (Some((first, last)), Some(event)) = (record.span, event.as_object_mut()) {
+        event.insert("start_time".to_owned(), json!(millis(first)));
+        event.insert("end_time".to_owned(), json!(millis(last)));
     }
     if let Some(process) = &record.process {
         if let Some(unmapped) = event.get_mut("unmapped").and_then(Value::as_object_mut) {
@@ -215,17 +226,53 @@ pub fn render(record: &FlowRecord, product: &Product) -> Value {
                 json!(record.process_from_socket),
             );
         }
-        let mut object = Map::new();
-        object.insert("pid".to_owned(), json!(process.pid));
-        object.insert("name".to_owned(), json!(process.name));
-        if let Some(cmd_line) = &process.cmd_line {
-            object.insert("cmd_line".to_owned(), json!(cmd_line));
-        }
-        // OCSF types `user.uid` as a string.
-        object.insert("user".to_owned(), json!({ "uid": process.uid.to_string() }));
-        event["actor"] = json!({ "process": Value::Object(object) });
+        event["actor"] = json!({ "process": process_object(process) });
     }
     event
+}
+
+/// OCSF `actor.process`: the kernel's pid, name and uid, and what `/proc` told of the process
+/// where it could (`cmd_line`, `file` from the executable, `parent_process`, `user.name`).
+fn process_object(process: &FlowProcess) -> Value {
+    let mut object = Map::new();
+    object.insert("pid".to_owned(), json!(process.pid));
+    object.insert("name".to_owned(), json!(process.name));
+    if let Some(cmd_line) = &process.cmd_line {
+        object.insert("cmd_line".to_owned(), json!(cmd_line));
+    }
+    if let Some(executable) = &process.executable {
+        let name = executable.rsplit('/').next().unwrap_or(executable);
+        // type_id 1: Regular File.
+        object.insert(
+            "file".to_owned(),
+            json!({ "path": executable, "name": name, "type_id": 1 }),
+        );
+    }
+    if let Some(parent_pid) = process.parent_pid {
+        object.insert("parent_process".to_owned(), json!({ "pid": parent_pid }));
+    }
+    // OCSF types `user.uid` as a string.
+    let mut user = Map::new();
+    user.insert("uid".to_owned(), json!(process.uid.to_string()));
+    if let Some(user_name) = &process.user_name {
+        user.insert("name".to_owned(), json!(user_name));
+    }
+    object.insert("user".to_owned(), Value::Object(user));
+    Value::Object(object)
+}
+
+/// `unmapped.workload`: OCSF's `container` object belongs to the `container` profile, which these
+/// events do not claim, and the process object has no cgroup attribute.
+fn workload_object(workload: &FlowWorkload) -> Value {
+    let mut object = Map::new();
+    object.insert("cgroup_path".to_owned(), json!(workload.cgroup_path));
+    if let Some(unit) = &workload.systemd_unit {
+        object.insert("systemd_unit".to_owned(), json!(unit));
+    }
+    if let Some(id) = &workload.container_id {
+        object.insert("container_id".to_owned(), json!(id));
+    }
+    Value::Object(object)
 }
 
 /// Renders any report: a flow record, a lateral-movement alert or a policy rejection.

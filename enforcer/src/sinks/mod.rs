@@ -5,10 +5,17 @@
 //!
 //! The contract every sink kind implements is [`Sink`]; [`SinkSpec`] says which sinks to run
 //! (from `[[sink]]` in the daemon's config file, or `--events`), and [`SinkStats`] is what each
-//! one counts, read by the metrics endpoint and the daemon's status.
+//! one counts, read by the metrics endpoint and the daemon's status. [`Fanout`] runs the sinks,
+//! on a runtime of their own.
 
-mod json_lines;
+pub mod cef;
+mod fanout;
+mod file;
 pub mod otlp;
+pub mod rfc5424;
+mod syslog;
+#[cfg(test)]
+mod test_support;
 
 use std::{
     net::SocketAddr,
@@ -19,7 +26,11 @@ use std::{
     },
 };
 
-pub use self::json_lines::JsonLines;
+pub use self::{
+    fanout::{Fanout, NamedSink},
+    file::{FileSink, StdoutSink},
+    syslog::SyslogSink,
+};
 use crate::events::Report;
 
 /// Errors building or running a sink.
@@ -33,6 +44,82 @@ pub enum SinkError {
     },
     #[error("writing an event")]
     Write(#[source] std::io::Error),
+    #[error("writing to {path}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rotating {path}")]
+    Rotate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing to standard output")]
+    Stdout(#[source] std::io::Error),
+    #[error("sink {sink}: a queue must hold at least one report")]
+    EmptyQueue { sink: String },
+    #[error("starting the sink runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("reading the CA certificates in {path}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no CA certificate")]
+    NoCaCertificate { path: PathBuf },
+    #[error("a CA certificate in {path} is unusable")]
+    CaCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the TLS client configuration")]
+    TlsConfig(#[source] rustls::Error),
+    #[error("{name:?} is not a valid TLS server name")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("connecting to {address}")]
+    Connect {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {address}: no answer within {timeout:?}")]
+    ConnectTimeout {
+        address: SocketAddr,
+        timeout: std::time::Duration,
+    },
+    #[error("TLS handshake with {address}")]
+    Handshake {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sending to {address}")]
+    Send {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sending to {address}: not accepted within {timeout:?}")]
+    SendTimeout {
+        address: SocketAddr,
+        timeout: std::time::Duration,
+    },
+    #[error("{address} closed the connection")]
+    Closed { address: SocketAddr },
+    #[error("OTLP collector at {endpoint}")]
+    Otlp {
+        endpoint: String,
+        #[source]
+        source: otlp::OtlpError,
+    },
 }
 
 /// The schema a JSON sink (file, stdout) writes.
@@ -131,20 +218,29 @@ pub struct SinkStats {
     pub failed_attempts: AtomicU64,
     /// Delivery attempts that failed and were retried.
     pub retries: AtomicU64,
-    /// Reports waiting in the queue now.
+    /// Reports waiting in the queue now, or in the batch being delivered.
     pub queued: AtomicU64,
-    /// 1 while the sink holds a working connection (always 1 for files and stdout).
+    pub queued_attempts: AtomicU64,
+    /// 1 since the last delivery succeeded, 0 since one failed (and before the first): a sink
+    /// that works shows 1 once it has delivered, files and stdout included.
     pub connected: AtomicU64,
 }
 
 impl SinkStats {
     /// `offered == delivered + dropped + failed + queued`, in reports and in attempts: what the
-    /// accounting tests and the status check.
+    /// accounting tests and the status check. The counters are read one by one, so a report
+    /// moving between two of them at that instant can make a single reading off by it; the
+    /// fan-out counts a report into its new place before out of its old.
     #[must_use]
     pub fn balanced(&self) -> bool {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         get(&self.offered)
             == get(&self.delivered) + get(&self.dropped) + get(&self.failed) + get(&self.queued)
+            && get(&self.offered_attempts)
+                == get(&self.delivered_attempts)
+                    + get(&self.dropped_attempts)
+                    + get(&self.failed_attempts)
+                    + get(&self.queued_attempts)
     }
 }
 

@@ -6,7 +6,7 @@
 //!   tcp-connect ADDR PORT | udp-sendto ADDR PORT | udp-connect ADDR PORT | ping ADDR
 //!   udp-request ADDR PORT        sendto, then wait for the server's answer (ok only if it comes)
 //!   tcp-listen [--v6only] ADDR PORT | udp-listen [--v6only] ADDR PORT
-//!   udp-burst ADDR PORT COUNT
+//!   udp-burst ADDR PORT COUNT [PORTS]
 //!   tcp-loop MILLIS ADDR PORT...   connect to each PORT in turn, 1 ms apart, for MILLIS
 //!   tcp-echo-listen [--v6only] ADDR PORT   tcp-listen, echoing each connection on its own thread
 //!   udp-late-listen ADDR PORT      udp-listen, answering each datagram a second late
@@ -31,7 +31,8 @@
 //! ```
 //!
 //! Client actions print `ok pid=N` (exit 0) or `error <ERRNO_NAME> errno=<n> pid=N` (exit 1).
-//! `udp-burst` sends COUNT datagrams from one socket as fast as it can and prints
+//! `udp-burst` sends COUNT datagrams from one socket as fast as it can (round robin over PORTS
+//! consecutive ports from PORT, default 1) and prints
 //! `sent=S refused=R pid=N` (exit 0 whatever the verdicts; 1 on any error but EPERM).
 //! `tcp-loop` prints `attempt T_MS PORT RESULT` per connection (RESULT `ok`, or the errno name;
 //! `ECONNREFUSED` means the kernel let the SYN out and the server answered), then `attempts=N
@@ -91,7 +92,7 @@ enum Action {
     TcpEchoListen(SocketAddr),
     /// Answers each datagram after the delay.
     UdpListen(SocketAddr, Duration),
-    UdpBurst(SocketAddr, u32),
+    UdpBurst(SocketAddr, u32, u16),
     TcpLoop(Duration, IpAddr, Vec<u16>),
     TcpStream(SocketAddr, Duration),
     /// One of `socket_kinds`'s actions.
@@ -210,7 +211,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 .ok_or("missing COUNT")?
                 .parse()
                 .map_err(|e| format!("bad COUNT: {e}"))?;
-            Action::UdpBurst(target, count)
+            let ports = argv
+                .next()
+                .map_or(Ok(1), |ports| ports.parse())
+                .map_err(|e| format!("bad PORTS: {e}"))?;
+            Action::UdpBurst(target, count, ports)
         }
         "tcp-stream" => {
             let target = sock()?;
@@ -356,11 +361,13 @@ fn udp_sendto(addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Sends `count` datagrams from one socket; returns how many the kernel refused with EPERM.
-fn udp_burst(addr: SocketAddr, count: u32) -> io::Result<u32> {
+fn udp_burst(addr: SocketAddr, count: u32, ports: u16) -> io::Result<u32> {
     let sock = UdpSocket::bind(unspecified(&addr))?;
     let mut refused = 0;
-    for _ in 0..count {
-        match sock.send_to(b"enforcer-probe", addr) {
+    for sent in 0..count {
+        let offset = u16::try_from(sent % u32::from(ports.max(1))).unwrap_or(0);
+        let target = SocketAddr::new(addr.ip(), addr.port().wrapping_add(offset));
+        match sock.send_to(b"enforcer-probe", target) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
             Err(e) => return Err(e),
@@ -529,8 +536,8 @@ fn main() -> ExitCode {
         .as_deref()
         .map_or(Ok(()), join_cgroup)
         .and_then(|()| args.netns.as_deref().map_or(Ok(()), join_netns));
-    if let Action::UdpBurst(addr, count) = args.action {
-        return match setup.and_then(|()| udp_burst(addr, count)) {
+    if let Action::UdpBurst(addr, count, ports) = args.action {
+        return match setup.and_then(|()| udp_burst(addr, count, ports)) {
             Ok(refused) => {
                 println!("sent={count} refused={refused} pid={pid}");
                 ExitCode::SUCCESS

@@ -118,6 +118,10 @@ fn denial_renders_exactly_the_contract() {
             "mode": "enforce",
             "layer": "socket",
             "process_from_socket": false,
+            "workload": {
+                "cgroup_path": "/system.slice/web.service",
+                "systemd_unit": "web.service",
+            },
             "provenance": {
                 "process_controlled": [
                     "src_endpoint.ip",
@@ -140,7 +144,9 @@ fn denial_renders_exactly_the_contract() {
                 "pid": 42,
                 "name": "curl",
                 "cmd_line": "curl db:5432",
-                "user": { "uid": "1000" },
+                "file": { "path": "/usr/bin/curl", "name": "curl", "type_id": 1 },
+                "parent_process": { "pid": 41 },
+                "user": { "uid": "1000", "name": "alice" },
             },
         },
     });
@@ -311,15 +317,49 @@ fn without_a_process_there_is_no_actor() {
 }
 
 #[test]
-fn an_unreadable_cmd_line_is_left_out() {
+fn what_proc_no_longer_told_is_left_out() {
     let mut record = denial();
     if let Some(process) = &mut record.process {
         process.cmd_line = None;
+        process.executable = None;
+        process.parent_pid = None;
+        process.user_name = None;
     }
+    record.workload = None;
+    let event = rendered(&record);
     assert_eq!(
-        rendered(&record)["actor"],
+        event["actor"],
         json!({ "process": { "pid": 42, "name": "curl", "user": { "uid": "1000" } } })
     );
+    assert!(event["unmapped"].get("workload").is_none());
+}
+
+#[test]
+fn a_container_workload_names_its_id() {
+    let id = "4f3c5a0e9b8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b";
+    let event = rendered(&FlowRecord {
+        workload: Some(FlowWorkload {
+            cgroup_path: format!("/system.slice/docker-{id}.scope"),
+            systemd_unit: Some(format!("docker-{id}.scope")),
+            container_id: Some(id.to_owned()),
+        }),
+        ..denial()
+    });
+    assert_eq!(event["unmapped"]["workload"]["container_id"], id);
+}
+
+#[test]
+fn an_aggregated_span_is_start_and_end_time() {
+    let first = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+    let last = UNIX_EPOCH + Duration::from_millis(1_700_000_000_900);
+    let event = rendered(&FlowRecord {
+        count: 3,
+        span: Some((first, last)),
+        ..denial()
+    });
+    assert_eq!(event["start_time"], 1_700_000_000_000_u64);
+    assert_eq!(event["end_time"], 1_700_000_000_900_u64);
+    assert!(rendered(&denial()).get("start_time").is_none());
 }
 
 #[test]
