@@ -176,7 +176,7 @@ listen = "{metrics_address}"
     let ocsf = wait_lines(&tls_server, "the denial and its repeats in OCSF", |lines| {
         lines
             .iter()
-            .filter_map(|l| Some(serde_json::from_str::<Value>(&l[l.find('{')?..]).ok()?))
+            .filter_map(|l| serde_json::from_str::<Value>(&l[l.find('{')?..]).ok())
             .filter_map(|e| e["count"].as_u64())
             .sum::<u64>()
             >= 300

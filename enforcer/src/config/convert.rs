@@ -22,7 +22,11 @@ use super::{
 };
 use crate::sinks::{JsonFormat, Rotation, SinkKind, SinkSpec, SyslogFormat, SyslogTransport};
 
-const WINDOW_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// The same bounds as `--aggregate-window`.
+const AGGREGATE_WINDOW_RANGE: (Duration, Duration) =
+    (Duration::from_millis(200), Duration::from_secs(3600));
+const LATERAL_WINDOW_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 const QUEUE_RANGE: (i64, i64) = (1, 1 << 20);
 const DISTINCT_TARGETS_RANGE: (i64, i64) = (2, 1 << 16);
 /// Below a page, a file would rotate at nearly every report.
@@ -168,7 +172,7 @@ fn events(raw: RawEvents) -> Checked<EventsConfig> {
     Ok(EventsConfig {
         aggregate_window: raw
             .aggregate_window
-            .map(|value| duration("aggregate_window", &value))
+            .map(|value| duration("aggregate_window", &value, AGGREGATE_WINDOW_RANGE))
             .transpose()?
             .unwrap_or(defaults.aggregate_window),
         queue: raw
@@ -185,7 +189,7 @@ fn events(raw: RawEvents) -> Checked<EventsConfig> {
                 .unwrap_or(lateral_defaults.distinct_targets),
             window: lateral
                 .window
-                .map(|value| duration("window", &value))
+                .map(|value| duration("window", &value, LATERAL_WINDOW_RANGE))
                 .transpose()?
                 .unwrap_or(lateral_defaults.window),
         },
@@ -262,7 +266,11 @@ fn sink(raw: Spanned<RawSink>, base: &Path, default_queue: usize) -> Checked<Sin
     })
 }
 
-fn duration(key: &'static str, value: &Spanned<String>) -> Checked<Duration> {
+fn duration(
+    key: &'static str,
+    value: &Spanned<String>,
+    (min, max): (Duration, Duration),
+) -> Checked<Duration> {
     let parsed = humantime::parse_duration(value.get_ref()).map_err(|source| {
         let problem = ConfigProblem::BadDuration {
             key,
@@ -271,7 +279,6 @@ fn duration(key: &'static str, value: &Spanned<String>) -> Checked<Duration> {
         };
         (value.span(), problem)
     })?;
-    let (min, max) = WINDOW_RANGE;
     if !(min..=max).contains(&parsed) {
         let problem = ConfigProblem::DurationOutOfRange {
             key,

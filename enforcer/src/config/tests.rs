@@ -6,6 +6,7 @@ use std::{
 
 use super::{
     ConfigError, ConfigProblem, DaemonConfig, EventsConfig, LateralMovementConfig, MetricsConfig,
+    events_flag_sink,
 };
 use crate::sinks::{JsonFormat, Rotation, SinkKind, SinkSpec, SyslogFormat, SyslogTransport};
 
@@ -44,20 +45,23 @@ fn with_ca(contents: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
-fn empty_file_is_the_default_stdout_ocsf() {
+fn empty_file_is_the_default() {
     let config = parse("").expect("valid");
     assert_eq!(config, DaemonConfig::default());
-    assert_eq!(
-        config.sinks,
-        vec![SinkSpec {
-            name: "stdout".into(),
-            kind: SinkKind::Stdout {
-                format: JsonFormat::Ocsf
-            },
-            queue: 4096,
-        }]
+    assert!(
+        config.sinks.is_empty(),
+        "the daemon picks stdout: {config:?}"
     );
+    assert_eq!(config.events.queue, 4096);
     assert_eq!(config.events.aggregate_window, Duration::from_secs(10));
+    assert_eq!(
+        config.events.lateral_movement,
+        LateralMovementConfig {
+            enabled: true,
+            distinct_targets: 10,
+            window: Duration::from_secs(60),
+        }
+    );
     assert!(config.metrics.is_none());
 }
 
@@ -105,23 +109,11 @@ endpoint = "http://127.0.0.1:4317"
 [metrics]
 listen = "127.0.0.1:9464"
 "#;
-    // Below the 1 s minimum: rejected, so the window must be written in range.
-    let (_, _, problem) = error_in(text, &path);
-    assert!(
-        matches!(
-            problem,
-            ConfigProblem::DurationOutOfRange {
-                key: "aggregate_window",
-                ..
-            }
-        ),
-        "{problem}"
-    );
-    let config = DaemonConfig::parse(&text.replace("\"500ms\"", "\"2s\""), &path).expect("valid");
+    let config = DaemonConfig::parse(text, &path).expect("valid");
     assert_eq!(
         config.events,
         EventsConfig {
-            aggregate_window: Duration::from_secs(2),
+            aggregate_window: Duration::from_millis(500),
             queue: 100,
             lateral_movement: LateralMovementConfig {
                 enabled: false,
@@ -211,24 +203,29 @@ fn rotation_keeps_five_by_default() {
 }
 
 #[test]
-fn events_flag_replaces_the_sinks() {
-    let text = "[events]\nqueue = 7\n[[sink]]\nkind = \"otlp\"\nendpoint = \"http://[::1]:4317\"\n";
-    let mut config = parse(text).expect("valid");
-    config.with_events_flag("/tmp/e.jsonl");
+fn events_flag_names_stdout_or_a_file() {
     assert_eq!(
-        config.sinks,
-        vec![SinkSpec {
+        events_flag_sink("-", 7),
+        SinkSpec {
+            name: "stdout".into(),
+            kind: SinkKind::Stdout {
+                format: JsonFormat::Ocsf
+            },
+            queue: 7,
+        }
+    );
+    assert_eq!(
+        events_flag_sink("/tmp/e.jsonl", 9),
+        SinkSpec {
             name: "file:/tmp/e.jsonl".into(),
             kind: SinkKind::File {
                 path: "/tmp/e.jsonl".into(),
                 format: JsonFormat::Ocsf,
                 rotation: None,
             },
-            queue: 7,
-        }]
+            queue: 9,
+        }
     );
-    config.with_events_flag("-");
-    assert_eq!(config.sinks[0].name, "stdout");
 }
 
 #[test]
@@ -423,6 +420,12 @@ fn bad_durations() {
             ..
         }
     ));
+    let (line, column, problem) = error("[events]\naggregate_window = \"100ms\"\n");
+    assert_eq!((line, column), (2, 20));
+    assert_eq!(
+        problem.to_string(),
+        "`aggregate_window` = 100ms is out of range; it must be between 200ms and 1h"
+    );
     let (line, column, problem) = error("[events.lateral_movement]\nwindow = \"2h\"\n");
     assert_eq!((line, column), (2, 10));
     assert_eq!(

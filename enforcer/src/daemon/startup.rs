@@ -373,7 +373,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             enricher,
             contexts: contexts_rx,
             unknown: unknown_tx,
-            detector: config.detection.clone().map(Detector::new),
+            detector: config.detection.map(Detector::new),
             metrics: metrics.clone(),
         },
         raw_rx,
