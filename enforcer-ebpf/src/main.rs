@@ -14,8 +14,8 @@
 //! The decision itself is `enforcer_common::decide`, shared with user space; maps are in `maps`.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has no compare-and-swap, so core's atomics offer no `fetch_add`,
-// while the instruction (BPF_ATOMIC add) exists.
+// `atomic_xadd`, `atomic_xchg`: core's atomics offer neither on the BPF target (it declares no
+// compare-and-swap), while the instructions (BPF_ATOMIC add and exchange) exist.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
 
 use enforcer_common::{
     EVENT_REVOKED, FLOW_EVENT_VERSION, FLOW_OUTBOUND, FlowEvent, ReportKey, ReportRepeats,
@@ -91,16 +91,16 @@ fn submit(flow: &Flow, decision: &Decision, actor: &Actor) {
     };
     // The key is built in per-CPU scratch, not on the stack, which the deepest hooks have no
     // room left on. A program that interrupts another on this CPU (a softirq's packet hook
-    // during a connect) finds the scratch busy and reports its attempt on its own: unaggregated,
-    // never miscounted. The flag is set before the key is written and cleared after its last
-    // use, with volatile stores so that neither moves.
+    // during a connect, or a task that preempted another in its hook) finds the scratch busy
+    // and reports its attempt on its own: unaggregated, never miscounted. The flag is taken with
+    // an atomic exchange, so that no two programs can both find it free, and cleared after the
+    // key's last use with a volatile store, which the compiler does not move.
     // SAFETY: `scratch` points to this CPU's live map value.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*scratch).busy) != 0 {
+        if atomic_xchg::<u64, { AtomicOrdering::Acquire }>(&raw mut (*scratch).busy, 1) != 0 {
             write_event(flow, decision, actor, now);
             return;
         }
-        core::ptr::write_volatile(&raw mut (*scratch).busy, 1);
         fill_key(&mut (*scratch).key, flow, decision, actor);
         let aggregated = aggregate(&(*scratch).key, flow, actor, now);
         core::ptr::write_volatile(&raw mut (*scratch).busy, 0);

@@ -421,4 +421,25 @@ impl Lab {
     pub fn listen(&self, proto: Proto, addr: IpAddr, port: u16) -> Listener {
         Listener::start(self.server.name(), proto, addr, port)
     }
+
+    /// `count` UDP datagrams from the workload `rel` to the server's IPv4 address, round robin
+    /// over `ports` ports from `port`, as fast as one socket sends; asserts the kernel refused
+    /// every one (`EPERM`), which is what the accounting and reporting tests flood with.
+    pub fn refused_udp_burst(&self, rel: &str, port: u16, count: u32, ports: u16) {
+        let out = std::process::Command::new(crate::probe::probe_bin())
+            .arg("--cgroup")
+            .arg(self.cgroups.path().join(rel))
+            .args(["--netns", self.client.name()])
+            .args(["udp-burst", &self.server4().to_string(), &port.to_string()])
+            .arg(count.to_string())
+            .arg(ports.to_string())
+            .output()
+            .expect("run the probe");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(out.status.success(), "probe failed: {line}");
+        assert!(
+            line.starts_with(&format!("sent={count} refused={count} ")),
+            "every datagram must be refused: {line}"
+        );
+    }
 }

@@ -3,11 +3,9 @@
 //! full ring buffer is counted, never silent. For any burst, Σ count over the events written plus
 //! the kernel's counted losses equals the attempts, and the kernel's own counters agree.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-use enforcer_tests::{Daemon, Lab, probe::probe_bin, require_privileges};
+use enforcer_tests::{Daemon, Lab, require_privileges};
 
 const POLICY: &str = r#"
 [[workload]]
@@ -40,25 +38,6 @@ fn counter(stderr: &str, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("counter {name} in {line}: {e}"))
 }
 
-/// Runs the probe's burst from the `web` workload: `count` datagrams over `ports` ports.
-fn burst(lab: &Lab, count: u32, ports: u16) {
-    let out = Command::new(probe_bin())
-        .arg("--cgroup")
-        .arg(lab.cgroup_root().join("web"))
-        .args(["--netns", lab.client_ns().name()])
-        .args(["udp-burst", &lab.server4().to_string(), "5300"])
-        .arg(count.to_string())
-        .arg(ports.to_string())
-        .output()
-        .expect("run the probe");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success(), "probe failed: {line}");
-    assert!(
-        line.starts_with(&format!("sent={count} refused={count} ")),
-        "every datagram must be refused: {line}"
-    );
-}
-
 /// Σ `count` over the flow events (class 4001, severity below 4: alerts count no attempts).
 fn attempts_reported(events: &[Value]) -> u64 {
     events
@@ -83,7 +62,7 @@ fn a_burst_of_150000_denied_attempts_is_reported_in_full_as_a_few_aggregated_eve
     let extra = ["--aggregate-window", "1s"];
     args.extra = &extra;
     let mut daemon = Daemon::start(&args);
-    burst(&lab, ATTEMPTS, 1);
+    lab.refused_udp_burst("web", 5300, ATTEMPTS, 1);
     // Two windows: the one the burst ended in has closed and been drained.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let during = daemon.events();
@@ -153,7 +132,7 @@ fn a_burst_beyond_the_ring_buffer_is_counted_as_lost_and_nothing_else_goes_missi
     let extra = ["--event-buffer-kib", "4", "--aggregate-window", "1s"];
     args.extra = &extra;
     let mut daemon = Daemon::start(&args);
-    burst(&lab, ATTEMPTS, PORTS);
+    lab.refused_udp_burst("web", 5300, ATTEMPTS, PORTS);
     let status = daemon.stop().expect("the daemon was running");
     assert!(status.success(), "daemon exited with {status}");
     let stderr = daemon.stderr();

@@ -2,9 +2,7 @@
 //! its denials, which stay aggregated per destination port; repeats of one denied target never
 //! raise one.
 
-use std::process::Command;
-
-use enforcer_tests::{Daemon, Lab, probe::probe_bin, require_privileges};
+use enforcer_tests::{Daemon, Lab, require_privileges};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -17,24 +15,6 @@ labels = { segment = "web" }
 name = "web-seg"
 select = { segment = "web" }
 "#;
-
-/// `count` denied datagrams from `web`, round robin over `ports` ports from 6000.
-fn burst(lab: &Lab, count: u32, ports: u16) {
-    let out = Command::new(probe_bin())
-        .arg("--cgroup")
-        .arg(lab.cgroup_root().join("web"))
-        .args(["--netns", lab.client_ns().name()])
-        .args(["udp-burst", &lab.server4().to_string(), "6000"])
-        .arg(count.to_string())
-        .arg(ports.to_string())
-        .output()
-        .expect("run the probe");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        line.starts_with(&format!("sent={count} refused={count} ")),
-        "every datagram must be refused: {line}"
-    );
-}
 
 fn alerts(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["severity_id"] == 4).collect()
@@ -55,7 +35,7 @@ fn a_scan_of_50_ports_raises_one_alert_and_keeps_its_denials_aggregated() {
     args.extra = &extra;
     let mut daemon = Daemon::start(&args);
     // Each of the 50 ports ten times over.
-    burst(&lab, 500, 50);
+    lab.refused_udp_burst("web", 6000, 500, 50);
     daemon.stop().expect("the daemon was running");
     let events = daemon.events();
 
@@ -109,7 +89,7 @@ fn one_denied_target_retried_raises_no_alert() {
     let extra = ["--aggregate-window", "1s"];
     args.extra = &extra;
     let mut daemon = Daemon::start(&args);
-    burst(&lab, 2000, 1);
+    lab.refused_udp_burst("web", 6000, 2000, 1);
     daemon.stop().expect("the daemon was running");
     let events = daemon.events();
     assert!(alerts(&events).is_empty(), "no alert: {events:#?}");

@@ -8,16 +8,13 @@ use std::{
     fs,
     net::SocketAddr,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
     Daemon, Lab,
     collector::{self, Collector},
-    metrics,
-    probe::probe_bin,
-    require_privileges,
+    metrics, require_privileges,
     rsyslog::{Rsyslog, TlsFiles, free_port},
 };
 use serde_json::Value;
@@ -34,24 +31,6 @@ select = { segment = "web" }
 "#;
 
 const DELIVERY: Duration = Duration::from_secs(20);
-
-/// `count` denied datagrams from `web` to `port` (over `ports` ports from it).
-fn burst(lab: &Lab, port: u16, count: u32, ports: u16) {
-    let out = Command::new(probe_bin())
-        .arg("--cgroup")
-        .arg(lab.cgroup_root().join("web"))
-        .args(["--netns", lab.client_ns().name()])
-        .args(["udp-burst", &lab.server4().to_string(), &port.to_string()])
-        .arg(count.to_string())
-        .arg(ports.to_string())
-        .output()
-        .expect("run the probe");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        line.starts_with(&format!("sent={count} refused={count} ")),
-        "every datagram must be refused: {line}"
-    );
-}
 
 /// Waits until `done` holds for rsyslogd's lines.
 fn wait_lines(server: &Rsyslog, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -149,7 +128,7 @@ listen = "{metrics_address}"
     args.extra = &extra;
     let mut daemon = Daemon::start(&args);
 
-    burst(&lab, 7000, 300, 1);
+    lab.refused_udp_burst("web", 7000, 300, 1);
     let server = lab.server4().to_string();
 
     // TCP, CEF: the first attempt at once, the 299 repeats when the window closes.
@@ -287,7 +266,7 @@ listen = "{metrics_address}"
     // The receiver is down: 200 distinct denials (200 first attempts) overflow the 64-report
     // queue, and every one is still refused at once.
     let down = Instant::now();
-    burst(&lab, 8000, 200, 200);
+    lab.refused_udp_burst("web", 8000, 200, 200);
     let refused_in = down.elapsed();
     assert!(
         refused_in < Duration::from_secs(5),
@@ -326,7 +305,7 @@ listen = "{metrics_address}"
         assert!(back.elapsed() < DELIVERY, "the sink never reconnected");
         std::thread::sleep(Duration::from_millis(200));
     }
-    burst(&lab, 9000, 5, 1);
+    lab.refused_udp_burst("web", 9000, 5, 1);
     let lines = wait_lines(&server, "the queued and the new denials", |lines| {
         lines
             .iter()

@@ -75,8 +75,9 @@ pub struct Reader {
 /// Reads the ring buffer and closes aggregation windows until `cancel`; then closes the window
 /// in progress and drains what is left, and returns.
 pub async fn read_events(mut reader: Reader, out: mpsc::Sender<Raw>, cancel: CancellationToken) {
-    let mut windows =
-        tokio::time::interval_at(tokio::time::Instant::now() + reader.window, reader.window);
+    // The first tick is at once: what the kernel counted before this daemon (while none ran, or
+    // after an earlier one's last flip) is reported now, not a window later.
+    let mut windows = tokio::time::interval(reader.window);
     windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The half closed at the last flip and when it may be drained.
     let mut closing: Option<(u8, tokio::time::Instant)> = None;
