@@ -235,7 +235,13 @@ pub mod counter {
     /// The aggregation map was full: the attempt went to the ring buffer on its own. Not a
     /// verdict.
     pub const AGGREGATION_FULL: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// The part of [`ALLOWED`], [`DENIED`] and [`AUDITED`] decided on arrival (`cgroup_skb`
+    /// ingress, the interface layer); the rest was decided leaving (the socket hooks, `cgroup_skb`
+    /// egress, the LSM). Not verdicts of their own.
+    pub const INGRESS_ALLOWED: u32 = 27;
+    pub const INGRESS_DENIED: u32 = 28;
+    pub const INGRESS_AUDITED: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     /// Human-readable names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -266,6 +272,9 @@ pub mod counter {
         "handed_off",
         "aggregated",
         "aggregation_full",
+        "ingress_allowed",
+        "ingress_denied",
+        "ingress_audited",
     ];
 }
 

@@ -9,7 +9,7 @@ use enforcer_common::{
     EVENT_REVOKED, FLOW_EVENT_VERSION, FLOW_OUTBOUND, FlowEvent, ReportKey, ReportRepeats,
     SocketVerdict, VERDICT_ALLOW, VERDICT_AUDIT, counter,
     decide::{Decision, fold_protocol},
-    is_ipv4_mapped,
+    hook, is_ipv4_mapped,
 };
 
 use crate::maps::{EVENTS, REPORT_SCRATCH, REPORT_WINDOW, REPORTS, SOCKET_VERDICTS, count};
@@ -60,18 +60,28 @@ pub(crate) fn conclude<F: FnOnce() -> Actor>(flow: &Flow, decision: &Decision, a
     if decision.extra_counter != counter::COUNT {
         count(decision.extra_counter);
     }
+    let arrival = matches!(flow.hook, hook::SKB_INGRESS | hook::TC_INGRESS);
     match decision.verdict {
         VERDICT_ALLOW => {
             count(counter::ALLOWED);
+            if arrival {
+                count(counter::INGRESS_ALLOWED);
+            }
             true
         }
         VERDICT_AUDIT => {
             count(counter::AUDITED);
+            if arrival {
+                count(counter::INGRESS_AUDITED);
+            }
             submit(flow, decision, &actor());
             true
         }
         _ => {
             count(counter::DENIED);
+            if arrival {
+                count(counter::INGRESS_DENIED);
+            }
             submit(flow, decision, &actor());
             false
         }

@@ -132,7 +132,10 @@ async fn scrape_shows_counters_without_addresses_in_labels() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&body, "enforcer_verdicts_total{verdict=\"denied\"}"),
+        sample(
+            &body,
+            "enforcer_verdicts_total{direction=\"egress\",verdict=\"denied\"}"
+        ),
         Some(17.0)
     );
     assert_eq!(

@@ -318,6 +318,10 @@ ports = ["any"]
         lab.daemon().stderr()
     );
     assert!(counter(&lab, "failsafe") >= 2);
+    // Every verdict here was taken on arrival, and the kernel counts them as such.
+    assert!(counter(&lab, "ingress_allowed") >= 2);
+    assert!(counter(&lab, "ingress_denied") >= 2);
+    assert_eq!(counter(&lab, "ingress_denied"), counter(&lab, "denied"));
 }
 
 #[test]

@@ -222,6 +222,33 @@ listen = "{metrics_address}"
         !text.contains("127.0.0.1"),
         "addresses never appear in metrics:\n{text}"
     );
+    // The kernel's verdicts, by direction: the daemon copies them every few seconds.
+    let egress = "direction=\"egress\"";
+    let denied = "verdict=\"denied\"";
+    let start = Instant::now();
+    let text = loop {
+        let text = metrics::scrape(metrics_address);
+        if metrics::value(&text, "enforcer_verdicts_total", &[egress, denied]) >= 300.0
+            || start.elapsed() > DELIVERY
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        metrics::value(&text, "enforcer_verdicts_total", &[egress, denied]),
+        300.0,
+        "{text}"
+    );
+    assert_eq!(
+        metrics::value(
+            &text,
+            "enforcer_verdicts_total",
+            &["direction=\"ingress\"", denied]
+        ),
+        0.0,
+        "{text}"
+    );
     daemon.stop();
 }
 

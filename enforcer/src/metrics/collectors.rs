@@ -45,25 +45,31 @@ impl KernelCollector {
     }
 }
 
-/// The kernel does not split its verdict counters by direction, so neither does
-/// `enforcer_verdicts_total`.
-const VERDICTS: [(&str, u32); 3] = [
-    ("allowed", counter::ALLOWED),
-    ("denied", counter::DENIED),
-    ("audited", counter::AUDITED),
+/// Each verdict's total and the part of it decided on arrival; the kernel counts both, so that
+/// the allowed path pays one increment when it leaves and two when it arrives.
+const VERDICTS: [(&str, u32, u32); 3] = [
+    ("allowed", counter::ALLOWED, counter::INGRESS_ALLOWED),
+    ("denied", counter::DENIED, counter::INGRESS_DENIED),
+    ("audited", counter::AUDITED, counter::INGRESS_AUDITED),
 ];
 
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mut verdicts = encoder.encode_descriptor(
             "enforcer_verdicts",
-            "Connections the kernel judged, by verdict",
+            "Connections the kernel judged, by direction (egress: leaving, ingress: arriving) and verdict",
             None,
             MetricType::Counter,
         )?;
-        for (verdict, index) in VERDICTS {
-            let labels = [("verdict", verdict)];
-            ConstCounter::new(self.get(index)).encode(verdicts.encode_family(&labels)?)?;
+        for (verdict, total, arriving) in VERDICTS {
+            // Read apart from the total: a verdict between the two reads may make the arriving
+            // part briefly the larger.
+            let ingress = self.get(arriving);
+            let egress = self.get(total).saturating_sub(ingress);
+            for (direction, value) in [("egress", egress), ("ingress", ingress)] {
+                let labels = [("direction", direction), ("verdict", verdict)];
+                ConstCounter::new(value).encode(verdicts.encode_family(&labels)?)?;
+            }
         }
         let mut all = encoder.encode_descriptor(
             "enforcer_kernel_counter",

@@ -52,7 +52,10 @@ fn every_series_exists_before_anything_is_counted() {
     );
     has(&lines, "enforcer_alerts_total{kind=\"fan_out\"} 0");
     has(&lines, "enforcer_reloads_total{result=\"unchanged\"} 0");
-    has(&lines, "enforcer_verdicts_total{verdict=\"audited\"} 0");
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"ingress\",verdict=\"audited\"} 0",
+    );
     has(
         &lines,
         "enforcer_kernel_counter_total{name=\"handed_off\"} 0",
@@ -73,13 +76,24 @@ fn kernel_counters_feed_verdicts_and_ring_losses() {
     let metrics = Metrics::new(Vec::new());
     let mut values = vec![0; counter::COUNT as usize];
     values[counter::ALLOWED as usize] = 10;
+    values[counter::INGRESS_ALLOWED as usize] = 3;
     values[counter::DENIED as usize] = 4;
     values[counter::EVENTS_LOST as usize] = 2;
     values[counter::REVOKED as usize] = 1;
     metrics.set_kernel_counters(&values);
     let lines = scrape(&metrics);
-    has(&lines, "enforcer_verdicts_total{verdict=\"allowed\"} 10");
-    has(&lines, "enforcer_verdicts_total{verdict=\"denied\"} 4");
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"egress\",verdict=\"allowed\"} 7",
+    );
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"ingress\",verdict=\"allowed\"} 3",
+    );
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"egress\",verdict=\"denied\"} 4",
+    );
     has(&lines, "enforcer_kernel_counter_total{name=\"revoked\"} 1");
     has(
         &lines,
@@ -88,8 +102,14 @@ fn kernel_counters_feed_verdicts_and_ring_losses() {
     // A shorter read leaves the rest at 0 rather than stale.
     metrics.set_kernel_counters(&[5]);
     let lines = scrape(&metrics);
-    has(&lines, "enforcer_verdicts_total{verdict=\"allowed\"} 5");
-    has(&lines, "enforcer_verdicts_total{verdict=\"denied\"} 0");
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"egress\",verdict=\"allowed\"} 5",
+    );
+    has(
+        &lines,
+        "enforcer_verdicts_total{direction=\"egress\",verdict=\"denied\"} 0",
+    );
 }
 
 #[test]
