@@ -31,34 +31,26 @@ use crate::{
     sinks::{SinkKind, SinkStats},
 };
 
-/// Where an attempt can be lost on its way from the kernel to a SIEM.
+/// Where an attempt can be lost before it reaches the sinks. The aggregation map loses nothing
+/// (a full map sends attempts to the ring buffer, counted `aggregation_full`), and what a sink
+/// loses is counted per sink (`enforcer_sink_dropped_attempts_total`,
+/// `enforcer_sink_failed_attempts_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossStage {
     /// The ring buffer was full (the kernel's `events_lost` counter).
     KernelRing,
-    /// Repeats counted in the kernel's aggregation map that never reached user space.
-    KernelAggregation,
-    /// Between the ring buffer and the sinks' queues.
+    /// Between the ring buffer and the sinks' queues: a record that did not decode.
     Pipeline,
-    /// At a sink: its queue was full or delivery failed for good.
-    Sink,
 }
 
 impl LossStage {
-    pub const ALL: [Self; 4] = [
-        Self::KernelRing,
-        Self::KernelAggregation,
-        Self::Pipeline,
-        Self::Sink,
-    ];
+    pub const ALL: [Self; 2] = [Self::KernelRing, Self::Pipeline];
 
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::KernelRing => "kernel_ring",
-            Self::KernelAggregation => "kernel_aggregation",
             Self::Pipeline => "pipeline",
-            Self::Sink => "sink",
         }
     }
 }

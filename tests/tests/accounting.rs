@@ -38,6 +38,34 @@ fn counter(stderr: &str, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("counter {name} in {line}: {e}"))
 }
 
+/// Attempts the daemon's sinks lost (a full queue, a failed delivery), summed over the sinks'
+/// totals it logs at shutdown.
+fn sink_losses(stderr: &str) -> u64 {
+    let field = |line: &str, key: &str| -> u64 {
+        let start = line
+            .find(&format!("{key}="))
+            .map_or(line.len(), |i| i + key.len() + 1);
+        line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    let totals: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("sink totals at shutdown"))
+        .collect();
+    assert!(
+        !totals.is_empty(),
+        "no sink totals in the daemon's log:\n{stderr}"
+    );
+    totals
+        .iter()
+        .map(|l| field(l, "dropped_attempts") + field(l, "failed_attempts"))
+        .sum()
+}
+
 /// Σ `count` over the flow events (class 4001, severity below 4: alerts count no attempts).
 fn attempts_reported(events: &[Value]) -> u64 {
     events
@@ -83,6 +111,7 @@ fn a_burst_of_150000_denied_attempts_is_reported_in_full_as_a_few_aggregated_eve
         lost * 100 < u64::from(ATTEMPTS),
         "{lost} of {ATTEMPTS} lost: at least 1 %"
     );
+    assert_eq!(sink_losses(&stderr), 0, "the sink lost nothing");
     assert_eq!(
         attempts_reported(&during),
         reported,
@@ -149,5 +178,47 @@ fn a_burst_beyond_the_ring_buffer_is_counted_as_lost_and_nothing_else_goes_missi
         reported + lost,
         u64::from(ATTEMPTS),
         "reported ({reported}) + lost ({lost}) must account for every denied attempt"
+    );
+}
+
+#[test]
+fn a_scan_wider_than_the_aggregation_map_is_reported_attempt_by_attempt_and_still_adds_up() {
+    if !require_privileges() {
+        return;
+    }
+    // More distinct attempts than the aggregation map holds (32 768 keys, both halves), each
+    // tried twice: beyond the map, every attempt goes to the ring buffer on its own.
+    const PORTS: u16 = 40_000;
+    const ATTEMPTS: u32 = 2 * PORTS as u32;
+    let lab = Lab::builder()
+        .workload("web")
+        .policy("main.toml", POLICY)
+        .no_daemon()
+        .start();
+    let mut args = lab.daemon_args();
+    // One window for the whole scan, and room in the ring buffer for what the map cannot hold.
+    let extra = ["--event-buffer-kib", "16384", "--aggregate-window", "1m"];
+    args.extra = &extra;
+    let mut daemon = Daemon::start(&args);
+    lab.refused_udp_burst("web", 5000, ATTEMPTS, PORTS);
+    let status = daemon.stop().expect("the daemon was running");
+    assert!(status.success(), "daemon exited with {status}");
+    let stderr = daemon.stderr();
+    let events = daemon.events();
+    let reported = attempts_reported(&events);
+    let lost = counter(&stderr, "events_lost");
+    assert_eq!(counter(&stderr, "denied"), u64::from(ATTEMPTS));
+    assert!(
+        counter(&stderr, "aggregation_full") > 0,
+        "the scan did not fill the aggregation map"
+    );
+    // Tens of thousands of reports at once may overflow the file sink's queue: that sink then
+    // counts what it dropped, in attempts, and says so at exit.
+    let sink_lost = sink_losses(&stderr);
+    assert_eq!(
+        reported + lost + sink_lost,
+        u64::from(ATTEMPTS),
+        "reported ({reported}) + lost in the kernel ({lost}) + lost at the sink ({sink_lost}) \
+         must account for every denied attempt"
     );
 }

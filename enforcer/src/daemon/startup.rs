@@ -410,11 +410,32 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     {
         error!(%error, "the metrics endpoint failed");
     }
+    let sinks = fanout.stats();
     match Arc::try_unwrap(fanout) {
         Ok(fanout) => fanout.shutdown(SINK_DRAIN).await,
         Err(_) => error!("the sinks are still referenced at exit; what they hold is lost"),
     }
+    log_sink_totals(&sinks);
     Ok(())
+}
+
+/// Each sink's account at exit, in attempts: what a sink lost (a full queue, a delivery that
+/// failed for good) is said here as well as in the metrics, like the kernel's losses.
+fn log_sink_totals(sinks: &[(String, Arc<crate::sinks::SinkStats>)]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (sink, stats) in sinks {
+        let dropped = stats.dropped_attempts.load(Relaxed);
+        let failed = stats.failed_attempts.load(Relaxed);
+        let totals = (
+            stats.offered_attempts.load(Relaxed),
+            stats.delivered_attempts.load(Relaxed),
+        );
+        if dropped + failed > 0 {
+            warn!(%sink, offered_attempts = totals.0, delivered_attempts = totals.1, dropped_attempts = dropped, failed_attempts = failed, "sink totals at shutdown: attempts were lost");
+        } else {
+            info!(%sink, offered_attempts = totals.0, delivered_attempts = totals.1, dropped_attempts = dropped, failed_attempts = failed, "sink totals at shutdown");
+        }
+    }
 }
 
 /// What keeps the reconciler's inputs coming, made before the first policy is enforced so that

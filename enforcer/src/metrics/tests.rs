@@ -46,10 +46,7 @@ fn sink_labels_are_index_and_kind() {
 fn every_series_exists_before_anything_is_counted() {
     let lines = scrape(&Metrics::new(Vec::new()));
     has(&lines, "enforcer_attempts_reported_total 0");
-    has(
-        &lines,
-        "enforcer_events_lost_total{stage=\"kernel_aggregation\"} 0",
-    );
+    has(&lines, "enforcer_events_lost_total{stage=\"pipeline\"} 0");
     has(&lines, "enforcer_alerts_total{kind=\"fan_out\"} 0");
     has(&lines, "enforcer_reloads_total{result=\"unchanged\"} 0");
     has(
@@ -118,7 +115,7 @@ fn handles_share_the_registered_counters() {
     let reported = metrics.attempts_reported();
     reported.inc_by(7);
     metrics.attempts_aggregated().inc_by(3);
-    metrics.events_lost(LossStage::Sink).inc();
+    metrics.events_lost(LossStage::Pipeline).inc();
     metrics.alerts(PatternKind::PortScan).inc();
     metrics.record_reload(
         ReloadResult::Rejected,
@@ -127,7 +124,7 @@ fn handles_share_the_registered_counters() {
     let lines = scrape(&metrics);
     has(&lines, "enforcer_attempts_reported_total 7");
     has(&lines, "enforcer_attempts_aggregated_total 3");
-    has(&lines, "enforcer_events_lost_total{stage=\"sink\"} 1");
+    has(&lines, "enforcer_events_lost_total{stage=\"pipeline\"} 1");
     has(&lines, "enforcer_alerts_total{kind=\"port_scan\"} 1");
     has(&lines, "enforcer_reloads_total{result=\"rejected\"} 1");
     has(
