@@ -52,7 +52,21 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         return PROCEED;
     }
     let mut flow = read_flow::<V6>(ctx, hook);
-    let mut decision = decide_flow(ctx, &mut flow, &runtime);
+    // The query lives in this frame so that the owner lookup is a sibling of the resolving call,
+    // not nested in it: kernels before 6.5 round every frame up to 32 bytes and refuse a chain
+    // of frames over 512 bytes (6.1 counted 544 when it was nested).
+    let mut query = LocalQuery {
+        slot: 0,
+        local_identity: 0,
+        netns: 0,
+        dst_addr: [0; 16],
+        dst_port: 0,
+        protocol: 0,
+    };
+    let mut decision = match resolve_flow(&mut flow, &runtime, &mut query) {
+        Resolved::Decided(decision) => decision,
+        Resolved::Local { src } => decide_local(&flow, src, &owner_from_bind(ctx.as_ptr(), &query)),
+    };
     if decision.verdict != VERDICT_ALLOW
         && fold_protocol(flow.protocol) == protocol::UDP
         && flow.src_port != 0
@@ -103,66 +117,84 @@ fn read_flow<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> Flow {
     }
 }
 
-/// Resolves both ends and decides. Its own BPF function, so that its stack frame and the
-/// reporting one are siblings, not added up.
+/// What resolving a flow's ends gave: a decision, or a local destination whose owner the hook
+/// looks up next (the query is filled in).
+enum Resolved {
+    Decided(Decision),
+    Local { src: u32 },
+}
+
+/// Resolves both ends and decides, unless the destination is a socket of this node. Its own BPF
+/// function, so that its stack frame and the reporting one are siblings, not added up.
 #[inline(never)]
-fn decide_flow(ctx: &SockAddrContext, flow: &mut Flow, runtime: &Runtime) -> Decision {
+fn resolve_flow(flow: &mut Flow, runtime: &Runtime, query: &mut LocalQuery) -> Resolved {
     let Some(view) = MapView::active() else {
-        return Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT);
+        return Resolved::Decided(Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT));
     };
     // The event and the verdict memory name the generation that decided.
     flow.generation = view.config.generation;
     let src = match source_identity(&TaskCgroup, view.slot) {
         Ok(identity) => identity,
-        Err(why) => return Decision::fail_closed(0, why, counter::COUNT),
+        Err(why) => return Resolved::Decided(Decision::fail_closed(0, why, counter::COUNT)),
     };
     let netns = flow.netns_cookie;
     let dst = match place(&view, runtime, netns, &flow.dst_addr) {
         Place::Remote(identity) => identity,
-        Place::Local => match owner_from_bind(
-            ctx.as_ptr(),
-            &LocalQuery {
+        Place::Local => {
+            *query = LocalQuery {
                 slot: view.slot,
                 local_identity: view.config.local_identity,
                 netns,
                 dst_addr: flow.dst_addr,
                 dst_port: flow.dst_port,
                 protocol: fold_protocol(flow.protocol),
-            },
-        ) {
-            Owner::Identity(identity) => identity,
-            // Nothing remembered: the packet layer judges the first packet with the kernel's
-            // record of the receiving socket's cgroup.
-            Owner::Defer => {
-                return Decision {
-                    verdict: VERDICT_DEFER,
-                    ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
-                };
-            }
-            Owner::Unresolved => {
-                return Decision::fail_closed(
-                    src,
-                    reason::UNRESOLVED_LOCAL,
-                    counter::ERR_UNRESOLVED_LOCAL,
-                );
-            }
-        },
+            };
+            return Resolved::Local { src };
+        }
         // The packet layer hands it off to its receiver, which judges it where it arrives.
         Place::ElsewhereOnNode if runtime.flags & RUNTIME_HAND_OFF != 0 => {
-            return Decision {
+            return Resolved::Decided(Decision {
                 verdict: VERDICT_DEFER,
                 ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
-            };
+            });
         }
         Place::ElsewhereOnNode => {
-            return Decision::fail_closed(
+            return Resolved::Decided(Decision::fail_closed(
                 src,
                 reason::UNRESOLVED_LOCAL,
                 counter::ERR_UNRESOLVED_LOCAL,
-            );
+            ));
         }
     };
-    decide(&view, &view.config, src, dst, flow.protocol, flow.dst_port)
+    Resolved::Decided(decide(
+        &view,
+        &view.config,
+        src,
+        dst,
+        flow.protocol,
+        flow.dst_port,
+    ))
+}
+
+/// Decides a flow to a socket of this node once its owner is known. Its own BPF function, a
+/// sibling of the owner lookup.
+#[inline(never)]
+fn decide_local(flow: &Flow, src: u32, owner: &Owner) -> Decision {
+    let Some(view) = MapView::active() else {
+        return Decision::fail_closed(src, reason::UNRESOLVED, counter::COUNT);
+    };
+    match *owner {
+        Owner::Identity(dst) => decide(&view, &view.config, src, dst, flow.protocol, flow.dst_port),
+        // Nothing remembered: the packet layer judges the first packet with the kernel's record
+        // of the receiving socket's cgroup.
+        Owner::Defer => Decision {
+            verdict: VERDICT_DEFER,
+            ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
+        },
+        Owner::Unresolved => {
+            Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::ERR_UNRESOLVED_LOCAL)
+        }
+    }
 }
 
 /// Counts and reports the decision, remembers what proceeds, and returns the hook's verdict.

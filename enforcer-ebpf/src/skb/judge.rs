@@ -106,13 +106,18 @@ pub(super) fn judge(ctx: &SkBuffContext, ends: &Ends, cookie: u64, how: u8, list
     }
     let revoked = how & AGAIN != 0 && verdict == VERDICT_DENY;
     // One call site: the verifier checks a static BPF function once per call.
-    finish(
+    let outcome = finish(
         ctx,
         &flow,
         &judged,
         direction | if revoked { AGAIN } else { 0 },
-        listener,
-    )
+    );
+    // Called here, not from `finish`: kernels before 6.5 round every frame up to 32 bytes and
+    // refuse a chain over 512 bytes, which hook → judge → finish → memorise → arrived was on 6.1.
+    if judged.memorable && judged.decision.verdict != VERDICT_DEFER {
+        memorise(&flow, &judged.decision, direction, listener);
+    }
+    outcome
 }
 
 /// Where a flow the socket opens goes, as `outbound_destination` returns it: an identity in the
@@ -308,18 +313,15 @@ fn inbound_decision(ctx: &SkBuffContext, ends: &Ends, view: &MapView, source: &S
     }
 }
 
-/// Counts and reports the decision (a revocation when `how` carries [`AGAIN`]) and, when the
-/// policy decided, remembers it on the socket
-/// (not on a listener: its next packet is another peer's) and tracks what it lets through.
+/// Counts and reports the decision (a revocation when `how` carries [`AGAIN`]).
 #[inline(never)]
-fn finish(ctx: &SkBuffContext, flow: &Flow, judged: &Judged, how: u8, listener: bool) -> i32 {
+fn finish(ctx: &SkBuffContext, flow: &Flow, judged: &Judged, how: u8) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     let decision = &judged.decision;
     if decision.verdict == VERDICT_DEFER {
         // Handed off (see `outbound`): its receiver judges it.
         return PASS;
     }
-    let direction = how & !AGAIN;
     let revoked = how & AGAIN != 0;
     if revoked {
         count(counter::REVOKED);
@@ -347,14 +349,15 @@ fn finish(ctx: &SkBuffContext, flow: &Flow, judged: &Judged, how: u8, listener: 
             },
         }
     };
-    let proceed = conclude(flow, decision, actor);
-    if judged.memorable {
-        memorise(flow, decision, direction, listener);
+    if conclude(flow, decision, actor) {
+        PASS
+    } else {
+        DROP
     }
-    if proceed { PASS } else { DROP }
 }
 
-/// Writes the socket's memory and the flow table.
+/// Writes the socket's memory (not on a listener: its next packet is another peer's) and tracks
+/// what the policy lets through.
 #[inline(never)]
 fn memorise(flow: &Flow, decision: &Decision, direction: u8, listener: bool) {
     let inbound = direction == FLOW_INBOUND;
