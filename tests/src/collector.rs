@@ -97,7 +97,7 @@ impl Collector {
         let start = Instant::now();
         loop {
             let records = self.snapshot();
-            if records.len() >= count || start.elapsed() > timeout {
+            if records.len() >= count || start.elapsed() > crate::patience::patient(timeout) {
                 assert!(
                     records.len() >= count,
                     "the collector received {} of {count} log records",

@@ -17,7 +17,7 @@ use nix::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::instance::Instance;
+use crate::{instance::Instance, patience::patient};
 
 /// The daemon must be enforcing this soon after it was spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,8 +209,9 @@ impl Daemon {
                 return Ok(daemon);
             }
             assert!(
-                started.elapsed() < READY_TIMEOUT,
-                "enforcer not ready after {READY_TIMEOUT:?}; stderr:\n{}",
+                started.elapsed() < patient(READY_TIMEOUT),
+                "enforcer not ready after {:?}; stderr:\n{}",
+                patient(READY_TIMEOUT),
                 daemon.stderr()
             );
             thread::sleep(Duration::from_millis(20));
@@ -230,6 +231,30 @@ impl Daemon {
     #[must_use]
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Whether the daemon runs its interface layer (it says `interface_layer=true` when it starts
+    /// enforcing): kernels before 6.6 have no tcx links, and the daemon runs without that layer.
+    #[must_use]
+    pub fn interface_layer_loaded(&self) -> bool {
+        self.stderr()
+            .lines()
+            .any(|line| line.contains(" enforcing ") && line.contains("interface_layer=true"))
+    }
+
+    /// [`Self::interface_layer_loaded`], saying why the calling test does not apply when not.
+    #[must_use]
+    pub fn interface_layer_applies(&self) -> bool {
+        let loaded = self.interface_layer_loaded();
+        if !loaded {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            eprintln!(
+                "NOT APPLICABLE on Linux {}: the interface layer needs tcx links (6.6+); the \
+                 daemon runs without it and says so (docs/coverage.md)",
+                release.trim()
+            );
+        }
+        loaded
     }
 
     /// Whether the daemon runs its BPF LSM programs (it says `lsm=true` when it starts enforcing).
@@ -281,7 +306,7 @@ impl Daemon {
 
     /// Polls until at least `n` events were written; panics with what was seen after `timeout`.
     pub fn wait_for_events(&self, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         loop {
             let events = self.events();
             if events.len() >= n {
@@ -300,7 +325,7 @@ impl Daemon {
     /// Polls until an event satisfies `pred` and returns it; panics with what was seen after
     /// `timeout`.
     pub fn wait_for_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         loop {
             let events = self.events();
             if let Some(ev) = events.iter().find(|e| pred(e)) {

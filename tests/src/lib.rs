@@ -44,6 +44,7 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod ocsf;
+pub mod patience;
 pub mod policy;
 pub mod privileges;
 pub mod probe;

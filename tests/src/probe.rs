@@ -316,7 +316,7 @@ impl Listener {
 
     /// Polls until at least `n` peers were seen; panics after `timeout`.
     pub fn wait_for_peers(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::patience::patient(timeout);
         loop {
             let peers = self.peers();
             if peers.len() >= n {
@@ -484,7 +484,7 @@ impl Running {
     /// The first stdout line that starts with `prefix`, with the Instant it was read. Panics with
     /// the probe's output if it exits without printing one or `timeout` passes first.
     fn wait_for(&self, prefix: &str, timeout: Duration) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::patience::patient(timeout);
         loop {
             let out = lock(&self.output);
             if let Some(found) = out.lines.iter().find(|(_, l)| l.starts_with(prefix)) {

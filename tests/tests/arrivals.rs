@@ -94,6 +94,9 @@ fn closed_ports_and_processes_outside_the_subtree_are_judged_at_the_interface() 
         return;
     }
     let lab = lab();
+    if !lab.daemon().interface_layer_applies() {
+        return;
+    }
     let outside = |port| Listener::start(lab.client_ns().name(), Proto::Tcp, lab.client4(), port);
     let allowed = outside(8443);
     let _denied = outside(8444);
@@ -126,6 +129,9 @@ fn icmp_echo_to_the_node_follows_the_icmp_term_both_ways() {
         return;
     }
     let lab = lab();
+    if !lab.daemon().interface_layer_applies() {
+        return;
+    }
     let peer = peer(&lab);
     for node in [lab.client4(), lab.client6()] {
         peer.ping(node).assert_errno("ETIMEDOUT");
@@ -146,6 +152,9 @@ fn what_processes_of_the_node_open_is_not_taken_for_an_arrival() {
         return;
     }
     let lab = lab();
+    if !lab.daemon().interface_layer_applies() {
+        return;
+    }
     let _http = lab.listen(Proto::Tcp, lab.server4(), 80);
     let host = Probe::new(None, Some(lab.client_ns().name()));
     // The node's own processes are outside the subtree: nothing judges what they open, and
@@ -165,6 +174,9 @@ fn sweeps_of_closed_ports_are_stopped_and_reported_in_aggregate() {
         return;
     }
     let lab = lab();
+    if !lab.daemon().interface_layer_applies() {
+        return;
+    }
     let node = lab.client4().to_string();
     let nmap = |args: &[&str]| {
         let mut argv = vec!["nmap", "-n", "-Pn", "-T5", "--max-retries", "0"];

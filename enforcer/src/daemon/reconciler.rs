@@ -496,11 +496,16 @@ impl Reconciler {
     }
 
     /// Puts the interface layer on every interface it should cover and does not yet (all named
-    /// by `--interface`, else every one that is up but loopback), and off those that are gone.
+    /// by `--interface`, else every one that is up but loopback), and off those that are gone;
+    /// nothing on kernels without tcx links.
     ///
     /// # Errors
     /// When the interfaces cannot be listed or the kernel refuses a link.
     pub fn cover_interfaces(&mut self) -> Result<(), DatapathError> {
+        if !self.datapath.interface_layer() {
+            // Said once at start (`announce_interface_layer`).
+            return Ok(());
+        }
         let all = interfaces(&self.node_netns).map_err(DatapathError::ListInterfaces)?;
         let chosen = select_interfaces(&all, &self.config.interfaces)?;
         let names: Vec<String> = chosen.iter().map(|i| i.name.clone()).collect();

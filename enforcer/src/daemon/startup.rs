@@ -106,6 +106,15 @@ fn announce_lsm(active: bool) {
     }
 }
 
+/// Says once, at start, what stays unjudged on a kernel without tcx links.
+fn announce_interface_layer(available: bool) {
+    if !available {
+        warn!(
+            "the kernel has no tcx links (Linux 6.6+): the interface layer is off, so arrivals at closed ports and from outside the managed subtree's sockets, ICMP echo to the node and what processes outside the subtree open are not judged; see docs/coverage.md"
+        );
+    }
+}
+
 /// The CPU says it runs under a hypervisor (`hypervisor` flag in /proc/cpuinfo).
 fn runs_in_vm() -> bool {
     fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
@@ -228,6 +237,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         warn!(error = %error_chain(error), "the kernel runs BPF LSM but refused to load the enforcer's LSM programs");
     }
     announce_lsm(datapath.lsm());
+    announce_interface_layer(datapath.interface_layer());
     let adoption = datapath.adoption();
     let node = FlowNode {
         hostname: config.node.clone(),
@@ -494,6 +504,7 @@ fn enforce(
         adopted = attached.replaced,
         attached = attached.created,
         lsm = reconciler.datapath.lsm(),
+        interface_layer = reconciler.datapath.interface_layer(),
         bpffs = %config.bpffs.display(),
         "enforcing"
     );

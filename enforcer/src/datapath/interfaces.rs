@@ -41,6 +41,25 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Whether the kernel has tcx links (6.6+), asked without attaching anything: a tcx link to
+/// interface index 0 is refused with `ENODEV` (no such device) where tcx exists, and with
+/// `EINVAL` (an attach type a classifier cannot take) where it does not.
+pub(super) fn tcx_supported(ebpf: &Ebpf) -> Result<bool, DatapathError> {
+    let program = ebpf
+        .program(ARRIVALS)
+        .ok_or(DatapathError::MissingProgram(ARRIVALS))?;
+    let fd = program.fd().map_err(|source| DatapathError::Program {
+        program: ARRIVALS,
+        source,
+    })?;
+    // A link (which ifindex 0 cannot give) would be dropped, and so detached, at once.
+    let unknown_attach_type = matches!(
+        pins::create_tcx_link(fd.as_fd(), 0, TCX[0].1),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL)
+    );
+    Ok(!unknown_attach_type)
+}
+
 /// Puts both programs on every interface of `interfaces` (which live in `ns`) but those in
 /// `current` (already running this daemon's programs), and takes them off every interface that
 /// pins say they were on but that is not in the list any more. Returns the number of interfaces

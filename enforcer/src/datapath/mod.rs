@@ -191,6 +191,8 @@ pub struct KernelDatapath {
     lsm: bool,
     /// Why the LSM programs are not loaded although they were asked for.
     lsm_refused: Option<DatapathError>,
+    /// Whether the kernel has tcx links, which the interface layer needs (6.6+).
+    interface_layer: bool,
     pins: PinDir,
     layout: String,
     adoption: Adoption,
@@ -251,6 +253,7 @@ impl KernelDatapath {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
         let lsm_refused = programs::load(&mut ebpf, btf.as_ref())?;
         interfaces::load(&mut ebpf)?;
+        let interface_layer = interfaces::tcx_supported(&ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let slots = PolicySlots::adopt(maps, options.cgroup_entries as usize / 2)?;
         let host = HostMaps::take(&mut ebpf)?;
@@ -270,6 +273,7 @@ impl KernelDatapath {
             reports: Some(reports),
             lsm: options.lsm && lsm_refused.is_none(),
             lsm_refused,
+            interface_layer,
             pins,
             layout,
             adoption,
@@ -337,6 +341,12 @@ impl KernelDatapath {
             })?;
         }
         Ok(attached)
+    }
+
+    /// Whether the kernel can run the interface layer (it has tcx links, 6.6+).
+    #[must_use]
+    pub const fn interface_layer(&self) -> bool {
+        self.interface_layer
     }
 
     /// Puts the interface layer on `chosen` (interfaces of the node's namespace `ns`) but those
