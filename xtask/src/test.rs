@@ -19,11 +19,12 @@ const MEMBERS: [&str; 6] = [
 /// One step of the suite, run at most once.
 type Stage<'a> = Box<dyn FnOnce() -> anyhow::Result<()> + 'a>;
 
-/// Runs set-up, then every stage; stops at the first failure and prints a summary either way.
+/// Runs set-up, then every stage (without the VM stages when `quick`); stops at the first failure
+/// and prints a summary either way.
 ///
 /// # Errors
 /// When set-up or any stage fails.
-pub fn run(workspace: &Path) -> anyhow::Result<()> {
+pub fn run(workspace: &Path, quick: bool) -> anyhow::Result<()> {
     setup::run(workspace)?;
     let ci = env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
     let bin = workspace.join("target/debug");
@@ -139,6 +140,14 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
             Box::new(move || exec("privileged tests", &mut privileged)),
         ),
     ];
+    if quick {
+        say("--quick: the kernel matrix in VMs is skipped");
+    } else {
+        stages.push((
+            "kernel tests in VMs (Debian 6.1 and 6.12)",
+            Box::new(|| crate::vm::run(workspace, &[], false)),
+        ));
+    }
 
     let mut results = Vec::new();
     let mut failed = None;
