@@ -5,6 +5,7 @@ pub mod demo;
 pub mod lab;
 pub mod setup;
 pub mod test;
+pub mod vagrant;
 pub mod vm;
 
 use std::{

@@ -43,6 +43,8 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Bring the Vagrant lab (vagrant/) up from nothing, run its cross-VM checks, tear it down.
+    VagrantTest,
     /// The bench's load server and clients, run by the bench inside its lab.
     #[command(subcommand, hide = true)]
     BenchLoad(xtask::bench::load::Load),
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => xtask::demo::run(&workspace),
         Command::Bench { quick, only } => xtask::bench::run(&workspace, quick, &only),
         Command::VmTest { kernel, full } => xtask::vm::run(&workspace, &kernel, full),
+        Command::VagrantTest => xtask::vagrant::run(&workspace),
         Command::BenchLoad(load) => xtask::bench::load::run(&load),
     }
 }

@@ -1,0 +1,132 @@
+//! The Debian packages the lab needs on this machine, and the choice of libvirt's CPU driver.
+
+use std::{env, path::Path, process::Command};
+
+use anyhow::Context as _;
+
+use crate::{command, exec, output, say};
+
+/// What the lab runs here: Vagrant with its libvirt provider, libvirtd and qemu, and what the box
+/// build needs (debootstrap, sfdisk, mkfs.ext4, GRUB's BIOS images, qemu-img).
+const PACKAGES: &[&str] = &[
+    "vagrant",
+    "vagrant-libvirt",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "qemu-utils",
+    "dnsmasq-base",
+    "ebtables",
+    "iptables",
+    "debootstrap",
+    "fdisk",
+    "e2fsprogs",
+    "grub-pc-bin",
+    "grub-common",
+    "openssh-client",
+    "iproute2",
+];
+
+/// Installs the missing packages; qemu-system-x86 comes from bookworm-backports (the
+/// backports apt source is set up by `cargo xtask setup`).
+pub fn install() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        say("lab packages: all installed");
+        return Ok(());
+    }
+    let (backports, main): (Vec<&str>, Vec<&str>) = missing
+        .iter()
+        .partition(|package| **package == "qemu-system-x86");
+    if !main.is_empty() {
+        say(&format!("installing {}", main.join(" ")));
+        apt_install(&main, None)?;
+    }
+    if !backports.is_empty() {
+        say("installing qemu-system-x86 from bookworm-backports");
+        apt_install(&backports, Some("bookworm-backports"))?;
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.ends_with("installed") && !status.contains("not-installed"))
+}
+
+fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
+    exec(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    let mut apt = Command::new("apt-get");
+    apt.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ]);
+    if let Some(release) = release {
+        apt.args(["-t", release]);
+    }
+    exec("apt-get install", apt.args(packages))
+}
+
+/// libvirt's domain type: `kvm` when a KVM guest really runs here, `qemu` (emulation) otherwise.
+/// `/dev/kvm` alone proves nothing: a paravirtual KVM (PVM) refuses stock kernels ("failed to set
+/// MSR 0x10a"), so a tiny guest is started and must still be running after a few seconds.
+/// `ENFORCER_LAB_LIBVIRT_DRIVER` overrides the probe.
+pub fn libvirt_driver() -> anyhow::Result<&'static str> {
+    if let Some(chosen) = env::var_os("ENFORCER_LAB_LIBVIRT_DRIVER") {
+        let driver = match chosen.to_str() {
+            Some("kvm") => "kvm",
+            Some("qemu") => "qemu",
+            _ => anyhow::bail!("ENFORCER_LAB_LIBVIRT_DRIVER must be kvm or qemu, not {chosen:?}"),
+        };
+        say(&format!(
+            "libvirt driver {driver} (from ENFORCER_LAB_LIBVIRT_DRIVER)"
+        ));
+        return Ok(driver);
+    }
+    if !Path::new("/dev/kvm").exists() {
+        say("libvirt driver qemu: no /dev/kvm, guests are emulated (TCG)");
+        return Ok("qemu");
+    }
+    let status = command("timeout")
+        .args([
+            "5",
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+        ])
+        .args([
+            "-cpu",
+            "host",
+            "-m",
+            "64",
+            "-display",
+            "none",
+            "-nodefaults",
+        ])
+        .args(["-serial", "none", "-monitor", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("probing KVM with qemu-system-x86_64")?;
+    // timeout(1) exits 124 when it had to stop the guest: the guest was still running.
+    if status.code() == Some(124) {
+        say("libvirt driver kvm: a KVM guest runs here");
+        Ok("kvm")
+    } else {
+        say(&format!(
+            "libvirt driver qemu: a KVM guest does not start here ({status}), guests are emulated (TCG)"
+        ));
+        Ok("qemu")
+    }
+}
