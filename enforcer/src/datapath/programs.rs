@@ -143,24 +143,36 @@ pub(super) fn attach(
     if lsm {
         for hook in LSM_HOOKS {
             let link = pins.link(hook);
-            if link.exists() {
-                let pinned = pins::open_pin(&link)?;
-                let program = program::<Lsm>(ebpf, hook)?;
-                let fd = program.fd().map_err(failed(hook))?.as_fd();
-                pins::update_link(pinned.as_fd(), fd).map_err(link_error(hook))?;
+            // The kernel cannot swap the program of an LSM link (`BPF_LINK_UPDATE` is refused
+            // with `EINVAL`), so a pinned one is replaced: the new link is made while the old one
+            // is held open, then takes its pin, and the old one goes when it is dropped. Both
+            // judge for that moment; the hook is never without a program.
+            let previous = if link.exists() {
+                Some(pins::open_pin(&link)?)
+            } else {
+                None
+            };
+            let program = program::<Lsm>(ebpf, hook)?;
+            let id = program.attach().map_err(failed(hook))?;
+            let owned = program.take_link(id).map_err(failed(hook))?;
+            if previous.is_some() {
+                fs::remove_file(&link).map_err(|source| DatapathError::Pin {
+                    path: link.clone(),
+                    source,
+                })?;
+            }
+            FdLink::from(owned)
+                .pin(&link)
+                .map_err(|source| DatapathError::PinLink {
+                    program: hook,
+                    source,
+                })?;
+            if previous.is_some() {
                 attached.replaced += 1;
             } else {
-                let program = program::<Lsm>(ebpf, hook)?;
-                let id = program.attach().map_err(failed(hook))?;
-                let owned = program.take_link(id).map_err(failed(hook))?;
-                FdLink::from(owned)
-                    .pin(&link)
-                    .map_err(|source| DatapathError::PinLink {
-                        program: hook,
-                        source,
-                    })?;
                 attached.created += 1;
             }
+            drop(previous);
         }
     }
     pin_programs(ebpf, pins, lsm)?;
