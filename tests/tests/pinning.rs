@@ -151,7 +151,11 @@ fn kill_9_keeps_the_policy_and_a_restart_adopts_it_with_no_gap() {
         links_before.iter().zip(&links_after)
     {
         assert_eq!(name, name_after);
-        assert_eq!(link, link_after, "{name}: the link itself stays");
+        // An LSM link cannot swap its program: the kernel gets a new link, made before the old
+        // one goes. Every other link stays and swaps.
+        if !name.starts_with("socket_") {
+            assert_eq!(link, link_after, "{name}: the link itself stays");
+        }
         assert_ne!(
             program, program_after,
             "{name}: runs the new daemon's program"
