@@ -45,7 +45,9 @@ pub fn run(workspace: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn installed(package: &str) -> bool {
+/// Whether dpkg has `package` installed.
+#[must_use]
+pub fn installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.contains("install ok installed"))
 }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{exec, output, say};
+use crate::{exec, output, say, setup::installed};
 
 /// The apt source for bookworm-backports: its `qemu-system-x86` matches the preinstalled
 /// `qemu-utils` (bookworm's own 7.2 conflicts with it), and it carries the newest 6.12 kernels.
@@ -34,11 +34,6 @@ pub struct Kernel {
     /// The compressed kernel image; its modules are in `../lib/modules/RELEASE`, where
     /// virtme-ng looks for them.
     pub image: PathBuf,
-}
-
-fn installed(package: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_some_and(|status| status.contains("install ok installed"))
 }
 
 fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
