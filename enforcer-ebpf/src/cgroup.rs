@@ -88,25 +88,30 @@ pub(crate) fn resolve<C: CgroupSource>(source: &C, slot: u32) -> Local {
     if let Some(label) = unsafe { CGROUP_IDENTITY.get(key) } {
         return Local::Identity(label.identity);
     }
-    let mut nearest = None;
+    // The nearest labelled ancestor so far, in scalars that every path writes. As an
+    // `Option<Local>` its identity was undefined until found, and LLVM reloads it from the stack on
+    // every path: 6.1 kernels before the uninitialised-stack fix (Debian's 6.1.176 among them)
+    // refuse that read ("invalid read from stack").
+    let mut found = false;
+    let mut held = false;
+    let mut identity = 0;
     let mut level = 0;
     while level <= MAX_LEVEL {
         let ancestor = source.ancestor(level);
         if ancestor == 0 {
             // Below the cgroup itself: the walk is complete.
-            return match nearest {
-                Some(label) => label,
-                None => Local::Unknown,
+            return match (found, held) {
+                (false, _) => Local::Unknown,
+                (true, true) => Local::Held,
+                (true, false) => Local::Identity(identity),
             };
         }
         key.cgroup_id = ancestor;
         // SAFETY: as above.
         if let Some(label) = unsafe { CGROUP_IDENTITY.get(key) } {
-            nearest = Some(if label.flags & CGROUP_HOLD != 0 {
-                Local::Held
-            } else {
-                Local::Identity(label.identity)
-            });
+            found = true;
+            held = label.flags & CGROUP_HOLD != 0;
+            identity = label.identity;
         }
         level += 1;
     }

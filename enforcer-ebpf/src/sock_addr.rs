@@ -63,10 +63,11 @@ pub(crate) fn judge<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> i32 {
         dst_port: 0,
         protocol: 0,
     };
-    let mut decision = match resolve_flow(&mut flow, &runtime, &mut query) {
-        Resolved::Decided(decision) => decision,
-        Resolved::Local { src } => decide_local(&flow, src, &owner_from_bind(ctx.as_ptr(), &query)),
-    };
+    let mut decision = Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT);
+    if resolve_flow(&mut flow, &runtime, &mut query, &mut decision) == LOCAL {
+        let owner = owner_from_bind(ctx.as_ptr(), &query);
+        decision = decide_local(&flow, decision.src_identity, &owner);
+    }
     if decision.verdict != VERDICT_ALLOW
         && fold_protocol(flow.protocol) == protocol::UDP
         && flow.src_port != 0
@@ -117,25 +118,38 @@ fn read_flow<const V6: bool>(ctx: &SockAddrContext, hook: u8) -> Flow {
     }
 }
 
-/// What resolving a flow's ends gave: a decision, or a local destination whose owner the hook
-/// looks up next (the query is filled in).
-enum Resolved {
-    Decided(Decision),
-    Local { src: u32 },
-}
+/// [`resolve_flow`] decided.
+const DECIDED: u32 = 0;
+/// [`resolve_flow`] found a socket of this node: the query is filled in, the decision holds only
+/// the source identity, and the hook looks up the owner next.
+const LOCAL: u32 = 1;
 
-/// Resolves both ends and decides, unless the destination is a socket of this node. Its own BPF
-/// function, so that its stack frame and the reporting one are siblings, not added up.
+/// Resolves both ends and decides into `decision`, unless the destination is a socket of this
+/// node. Its own BPF function, so that its stack frame and the reporting one are siblings, not
+/// added up.
+///
+/// It returns a scalar and writes its result through a pointer: returned as an aggregate, the
+/// result left whatever LLVM last put in R0 there, once a pointer into this frame, which every
+/// kernel refuses ("cannot return stack pointer to the caller").
 #[inline(never)]
-fn resolve_flow(flow: &mut Flow, runtime: &Runtime, query: &mut LocalQuery) -> Resolved {
+fn resolve_flow(
+    flow: &mut Flow,
+    runtime: &Runtime,
+    query: &mut LocalQuery,
+    decision: &mut Decision,
+) -> u32 {
     let Some(view) = MapView::active() else {
-        return Resolved::Decided(Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT));
+        *decision = Decision::fail_closed(0, reason::UNRESOLVED, counter::COUNT);
+        return DECIDED;
     };
     // The event and the verdict memory name the generation that decided.
     flow.generation = view.config.generation;
     let src = match source_identity(&TaskCgroup, view.slot) {
         Ok(identity) => identity,
-        Err(why) => return Resolved::Decided(Decision::fail_closed(0, why, counter::COUNT)),
+        Err(why) => {
+            *decision = Decision::fail_closed(0, why, counter::COUNT);
+            return DECIDED;
+        }
     };
     let netns = flow.netns_cookie;
     let dst = match place(&view, runtime, netns, &flow.dst_addr) {
@@ -149,31 +163,25 @@ fn resolve_flow(flow: &mut Flow, runtime: &Runtime, query: &mut LocalQuery) -> R
                 dst_port: flow.dst_port,
                 protocol: fold_protocol(flow.protocol),
             };
-            return Resolved::Local { src };
+            decision.src_identity = src;
+            return LOCAL;
         }
         // The packet layer hands it off to its receiver, which judges it where it arrives.
         Place::ElsewhereOnNode if runtime.flags & RUNTIME_HAND_OFF != 0 => {
-            return Resolved::Decided(Decision {
+            *decision = Decision {
                 verdict: VERDICT_DEFER,
                 ..Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::COUNT)
-            });
+            };
+            return DECIDED;
         }
         Place::ElsewhereOnNode => {
-            return Resolved::Decided(Decision::fail_closed(
-                src,
-                reason::UNRESOLVED_LOCAL,
-                counter::ERR_UNRESOLVED_LOCAL,
-            ));
+            *decision =
+                Decision::fail_closed(src, reason::UNRESOLVED_LOCAL, counter::ERR_UNRESOLVED_LOCAL);
+            return DECIDED;
         }
     };
-    Resolved::Decided(decide(
-        &view,
-        &view.config,
-        src,
-        dst,
-        flow.protocol,
-        flow.dst_port,
-    ))
+    *decision = decide(&view, &view.config, src, dst, flow.protocol, flow.dst_port);
+    DECIDED
 }
 
 /// Decides a flow to a socket of this node once its owner is known. Its own BPF function, a
