@@ -19,7 +19,7 @@ const MEMBERS: [&str; 6] = [
 /// One step of the suite, run at most once.
 type Stage<'a> = Box<dyn FnOnce() -> anyhow::Result<()> + 'a>;
 
-/// Runs set-up, then every stage (without the VM stages when `quick`); stops at the first failure
+/// Runs set-up, then every stage (without the VM stages and the lab when `quick`); stops at the first failure
 /// and prints a summary either way.
 ///
 /// # Errors
@@ -141,11 +141,15 @@ pub fn run(workspace: &Path, quick: bool) -> anyhow::Result<()> {
         ),
     ];
     if quick {
-        say("--quick: the kernel matrix in VMs is skipped");
+        say("--quick: the kernel matrix in VMs and the Vagrant lab are skipped");
     } else {
         stages.push((
             "kernel tests in VMs (Debian 6.1 and 6.12)",
             Box::new(|| crate::vm::run(workspace, &[], false)),
+        ));
+        stages.push((
+            "Vagrant lab: three VMs, cross-VM checks, tear-down",
+            Box::new(|| crate::vagrant::run(workspace)),
         ));
     }
 

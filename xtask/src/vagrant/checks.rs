@@ -2,7 +2,11 @@
 //! isolated by default, app-1 belongs to no segment, peer (10.10.7.7) is `@world` and runs no
 //! enforcer. Every probe on an enforcing node first moves itself into a cgroup that existed
 //! before the daemon (so the verdict is the policy's, never the hold of a cgroup not yet
-//! labelled): `lab-probe.service` (the node itself) or `nginx.service` (the `web` workload).
+//! labelled): `lab-probe.service` (the node itself), `nginx.service` (the `web` workload, which
+//! listens on tcp/80) or `api.service` (the `api` workload).
+//!
+//! Each node judges with what it can see: db-1 knows a connection from app-1 only by its address,
+//! so it judges node `app-1`, whichever workload opened it there.
 
 use std::{
     thread,
@@ -28,6 +32,7 @@ const EVENT_WAIT: Duration = Duration::from_secs(45);
 enum Cgroup {
     Node,
     Web,
+    Api,
     /// peer has no enforcer: its probes run as they are.
     Unmanaged,
 }
@@ -54,16 +59,29 @@ pub fn run(lab: &Lab) -> anyhow::Result<()> {
         listening(lab, "db-1", 5432),
     );
     record(
-        "app-1 -> db-1 tcp/22 allowed (db-1's failsafe_inbound)",
-        connect(lab, "app-1", Cgroup::Node, DB, 22, Expect::Allowed),
+        "app-1 listens on tcp/80 (the web stand-in)",
+        listening(lab, "app-1", 80),
     );
     record(
         "peer (@world) -> db-1 tcp/22 allowed (failsafe_inbound)",
         connect(lab, "peer", Cgroup::Unmanaged, DB, 22, Expect::Allowed),
     );
     record(
-        "app-1 -> db-1 tcp/5432 denied by db-1 (only api-tier may reach finance), reported by db-1",
-        connect(lab, "app-1", Cgroup::Node, DB, 5432, Expect::Denied).and_then(|()| {
+        "peer (@world) -> web on app-1 tcp/80 allowed (rule world-to-web, judged on arrival)",
+        connect(lab, "peer", Cgroup::Unmanaged, APP, 80, Expect::Allowed),
+    );
+    record(
+        "app-1 -> peer tcp/514 allowed (neither end segmented: outside the policy)",
+        connect(lab, "app-1", Cgroup::Node, PEER, 514, Expect::Allowed),
+    );
+    record(
+        "app-1 -> db-1 tcp/22 denied by app-1 (finance's default deny; the failsafe is inbound only), reported by app-1",
+        connect(lab, "app-1", Cgroup::Node, DB, 22, Expect::Denied)
+            .and_then(|()| event(lab, "app-1", &|e| denial_to(e, DB, 22))),
+    );
+    record(
+        "api on app-1 -> db-1 tcp/5432: let out by app-1 (api-to-finance), refused by db-1 (it sees node app-1, not api-tier), reported by db-1",
+        connect(lab, "app-1", Cgroup::Api, DB, 5432, Expect::Denied).and_then(|()| {
             event(lab, "db-1", &|e| {
                 denial_to(e, DB, 5432) && field(e, "src_endpoint", "ip") == Some(APP)
             })
@@ -135,6 +153,7 @@ fn connect(
         Cgroup::Unmanaged => probe,
         Cgroup::Node => in_cgroup("lab-probe.service", &probe),
         Cgroup::Web => in_cgroup("nginx.service", &probe),
+        Cgroup::Api => in_cgroup("api.service", &probe),
     };
     let tries = if expect == Expect::Allowed { 3 } else { 1 };
     let mut connected = false;
