@@ -6,7 +6,7 @@
 //! kernels) qemu emulates the CPU (TCG), and the harness's waits are stretched to match.
 
 mod guest;
-mod kernels;
+pub(crate) mod kernels;
 
 use std::{
     collections::BTreeMap,

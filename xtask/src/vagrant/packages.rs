@@ -4,16 +4,15 @@ use std::{env, path::Path, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{command, exec, output, say};
+use crate::{command, exec, say, setup::installed, vm::kernels};
 
-/// What the lab runs here: Vagrant with its libvirt provider, libvirtd and qemu, and what the box
-/// build needs (debootstrap, sfdisk, mkfs.ext4, GRUB's BIOS images, qemu-img).
+/// What the lab runs here besides qemu: Vagrant with its libvirt provider, libvirtd, and what the
+/// box build needs (debootstrap, sfdisk, mkfs.ext4, GRUB's BIOS images, qemu-img).
 const PACKAGES: &[&str] = &[
     "vagrant",
     "vagrant-libvirt",
     "libvirt-daemon-system",
     "libvirt-clients",
-    "qemu-system-x86",
     "qemu-utils",
     "dnsmasq-base",
     "ebtables",
@@ -27,9 +26,13 @@ const PACKAGES: &[&str] = &[
     "iproute2",
 ];
 
-/// Installs the missing packages; qemu-system-x86 comes from bookworm-backports (the
-/// backports apt source is set up by `cargo xtask setup`).
+/// Installs what is missing: qemu-system-x86 from bookworm-backports (as the VM matrix does),
+/// then the rest from bookworm.
+///
+/// # Errors
+/// When apt fails.
 pub fn install() -> anyhow::Result<()> {
+    kernels::backports_qemu()?;
     let missing: Vec<&str> = PACKAGES
         .iter()
         .copied()
@@ -39,41 +42,12 @@ pub fn install() -> anyhow::Result<()> {
         say("lab packages: all installed");
         return Ok(());
     }
-    let (backports, main): (Vec<&str>, Vec<&str>) = missing
-        .iter()
-        .partition(|package| **package == "qemu-system-x86");
-    if !main.is_empty() {
-        say(&format!("installing {}", main.join(" ")));
-        apt_install(&main, None)?;
-    }
-    if !backports.is_empty() {
-        say("installing qemu-system-x86 from bookworm-backports");
-        apt_install(&backports, Some("bookworm-backports"))?;
-    }
-    Ok(())
-}
-
-fn installed(package: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_some_and(|status| status.ends_with("installed") && !status.contains("not-installed"))
-}
-
-fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
+    say(&format!("lab packages: installing {}", missing.join(" ")));
     exec(
         "apt-get update",
-        Command::new("apt-get").args(["update", "-q"]),
+        Command::new("apt-get").args(["update", "-qq"]),
     )?;
-    let mut apt = Command::new("apt-get");
-    apt.env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-    ]);
-    if let Some(release) = release {
-        apt.args(["-t", release]);
-    }
-    exec("apt-get install", apt.args(packages))
+    kernels::apt_install(&missing, None)
 }
 
 /// libvirt's domain type: `kvm` when a KVM guest really runs here, `qemu` (emulation) otherwise.

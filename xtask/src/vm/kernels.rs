@@ -36,7 +36,11 @@ pub struct Kernel {
     pub image: PathBuf,
 }
 
-fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
+/// `apt-get install` of `packages`, from `release` when given (such as bookworm-backports).
+///
+/// # Errors
+/// When apt fails.
+pub(crate) fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
     let mut apt = Command::new("apt-get");
     apt.args(["install", "-y", "-qq", "--no-install-recommends"])
         .env("DEBIAN_FRONTEND", "noninteractive");
@@ -46,42 +50,49 @@ fn apt_install(packages: &[&str], release: Option<&str>) -> anyhow::Result<()> {
     exec("apt-get install", apt.args(packages))
 }
 
-/// qemu from bookworm-backports and the tools virtme-ng needs, each only when missing.
+/// qemu from bookworm-backports (whose source is added first when missing), and the tools
+/// virtme-ng needs, each only when missing.
 ///
 /// # Errors
 /// When the packages cannot be installed.
 pub fn host_packages() -> anyhow::Result<()> {
-    if !Path::new(BACKPORTS_SOURCE).exists() {
-        say("vm: adding the bookworm-backports apt source (qemu-system-x86, 6.12 kernels)");
-        fs::write(BACKPORTS_SOURCE, BACKPORTS)
-            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
-        exec(
-            "apt-get update",
-            Command::new("apt-get").args(["update", "-qq"]),
-        )?;
-    }
+    backports_qemu()?;
     let missing: Vec<&str> = GUEST_TOOLS
         .iter()
         .copied()
         .filter(|p| !installed(p))
         .collect();
-    let qemu_missing = !installed("qemu-system-x86");
-    if missing.is_empty() && !qemu_missing {
-        say("vm: qemu-system-x86, kmod, udev and busybox-static present");
+    if missing.is_empty() {
+        say("vm: kmod, udev and busybox-static present");
         return Ok(());
     }
-    say("vm: installing qemu-system-x86 (backports), kmod, udev and busybox-static");
+    say(&format!("vm: installing {}", missing.join(" ")));
+    apt_install(&missing, None)
+}
+
+/// `qemu-system-x86` from bookworm-backports, adding that apt source when it is missing. The VM
+/// matrix and the Vagrant lab both need it.
+///
+/// # Errors
+/// When the source cannot be written or apt fails.
+pub(crate) fn backports_qemu() -> anyhow::Result<()> {
+    if !Path::new(BACKPORTS_SOURCE).exists() {
+        say("vm: adding the bookworm-backports apt source (qemu-system-x86, 6.12 kernels)");
+        fs::write(BACKPORTS_SOURCE, BACKPORTS)
+            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+    } else if installed("qemu-system-x86") {
+        say("vm: qemu-system-x86 present");
+        return Ok(());
+    }
     exec(
         "apt-get update",
         Command::new("apt-get").args(["update", "-qq"]),
     )?;
-    if qemu_missing {
-        apt_install(&["qemu-system-x86"], Some("bookworm-backports"))?;
+    if installed("qemu-system-x86") {
+        return Ok(());
     }
-    if !missing.is_empty() {
-        apt_install(&missing, None)?;
-    }
-    Ok(())
+    say("vm: installing qemu-system-x86 from bookworm-backports");
+    apt_install(&["qemu-system-x86"], Some("bookworm-backports"))
 }
 
 /// virtme-ng in a venv of its own; returns its `vng`.
